@@ -1,0 +1,27 @@
+"""imguard: protect portrait photos from malicious diffusion-based editing.
+
+    import imguard
+    protected = imguard.protect(img)                      # FaceLock, default budget
+    protected = imguard.protect(img, "photoguard", eps=8) # eps in /255 pixel units
+    imguard.methods()                                     # what is available
+"""
+
+from .api import Protector, ProtectionResult, methods, protect
+from .budget import Budget
+from .io import ImageReadError
+from .models import ModelLoadError, Models, NoFaceError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Budget",
+    "ImageReadError",
+    "ModelLoadError",
+    "Models",
+    "NoFaceError",
+    "Protector",
+    "ProtectionResult",
+    "__version__",
+    "methods",
+    "protect",
+]

@@ -1,0 +1,314 @@
+"""The public entry: :func:`protect` and :class:`Protector`. Type in == type out."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import engine
+from .budget import Budget, quantize
+from .io import from_tensor, to_tensor
+from .methods import ENGINE_OPTIONS, get_method, method_names
+from .models import Models
+from .runtime import amp_dtype_for, resolve_device
+
+DEFAULT_METHOD = "facelock"
+DEFAULT_WORKING_SIZE = 512
+
+
+@dataclass
+class ProtectionResult:
+    """A protected image and what it took."""
+
+    image: Any  #: same type as the input
+    method: str
+    eps: float  #: budget, /255 units
+    norm: str
+    achieved: list[float]  #: per image: max |delta| (linf) or RMS (l2) in /255, measured on the returned 8-bit image
+    steps: int
+    seed: int
+    working_size: tuple[int, int]
+    models: dict
+    loss_history: torch.Tensor  #: [steps, B], the method's objective per step
+    initial_loss: list[float]
+    final_loss: list[float]
+    seconds: float
+    options: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        ach = ", ".join(f"{a:.2f}" for a in self.achieved)
+        return (
+            f"{self.method}: eps={self.eps:g}/255 ({self.norm}), achieved {ach}/255, {self.steps} steps, "
+            f"objective {self.initial_loss[0]:.4g} -> {self.final_loss[0]:.4g}, {self.seconds:.1f}s"
+        )
+
+
+def working_shape(h: int, w: int, long_side: int | None) -> tuple[int, int]:
+    """The optimisation size: long side ``long_side`` (None: native), both sides multiples of 8.
+
+    Images smaller than ``long_side`` are not enlarged: the optimisation runs at their own
+    size (rounded to multiples of 8), which is also the size an editor would see.
+    """
+    if long_side is None or max(h, w) <= long_side:
+        s = 1.0
+    else:
+        s = long_side / max(h, w)
+    hh = max(8, int(round(h * s / 8)) * 8)
+    ww = max(8, int(round(w * s / 8)) * 8)
+    return hh, ww
+
+
+def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
+
+
+def _mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
+    """A user mask (PIL / ndarray / tensor; nonzero = may change) as [B or 1,1,H,W] in {0,1}."""
+    from PIL import Image
+
+    if isinstance(mask, Image.Image):
+        m = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)
+    elif isinstance(mask, np.ndarray):
+        m = torch.from_numpy(mask.astype(np.float32))
+        if mask.dtype == np.uint8:
+            m = m / 255.0
+    elif torch.is_tensor(mask):
+        m = mask.detach().float().cpu()
+    else:
+        raise TypeError(f"mask must be a PIL image, ndarray or tensor, got {type(mask).__name__}")
+    if m.dim() == 3 and m.shape[-1] in (3, 4) and m.shape[0] not in (1, B):  # HxWxC ndarray
+        m = m[..., 0]
+    while m.dim() < 4:
+        m = m.unsqueeze(0)
+    if m.shape[1] != 1:
+        m = m[:, :1]
+    if tuple(m.shape[-2:]) != (H, W):
+        raise ValueError(f"mask is {tuple(m.shape[-2:])} (HxW) but the image is {(H, W)}; give a mask of the image's size")
+    if m.shape[0] not in (1, B):
+        raise ValueError(f"mask batch {m.shape[0]} does not match the image batch {B}")
+    return (m >= 0.5).float()
+
+
+class Protector:
+    """Loads models once and protects many images with them.
+
+    >>> p = imguard.Protector("facelock", vae="taesd:/path/taef2", face_model="sface")
+    >>> protected = p.protect(img, eps=8)        # same type as img
+    >>> result = p.protect(img, return_result=True); print(result.summary())
+
+    ``models`` may be a :class:`~imguard.models.Models` to share loaded models between
+    protectors; otherwise ``vae``, ``face_model``, ``features`` and ``detector`` name them.
+    """
+
+    def __init__(
+        self,
+        method: str = DEFAULT_METHOD,
+        *,
+        device: str | torch.device | None = None,
+        models: Models | None = None,
+        vae: Any = None,
+        face_model: Any = "facenet",
+        features: Any = "auto",
+        detector: Any = "mtcnn",
+        precision: str = "auto",
+        working_size: int | None = DEFAULT_WORKING_SIZE,
+    ):
+        self.method = get_method(method).name
+        self.device = resolve_device(device)
+        self.amp_dtype = amp_dtype_for(self.device, precision)
+        if models is None:
+            models = Models(vae=vae, face_model=face_model, features=features, detector=detector, device=self.device)
+        self.models = models
+        self.working_size = working_size
+        self._lock = threading.Lock()
+
+    def protect(
+        self,
+        image: Any,
+        *,
+        method: str | None = None,
+        eps: float | None = None,
+        steps: int | None = None,
+        seed: int | None = None,
+        mask: Any = None,
+        progress: bool = False,
+        callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        return_result: bool = False,
+        names: Sequence[str] | None = None,
+        **method_options: Any,
+    ):
+        """Protect ``image`` (PIL, ndarray, tensor or file path); returns the same type and size.
+
+        ``eps`` and ``step_size`` are in /255 pixel units. Other keyword options are the
+        method's (see :func:`imguard.methods`). With ``return_result=True`` a
+        :class:`ProtectionResult` carries the image and the measured budget.
+        """
+        t0 = time.perf_counter()
+        m = get_method(method or self.method)
+        opts = m.options(eps=eps, steps=steps, **method_options)
+        budget = Budget(opts["eps"], opts["norm"])
+        cfg = engine.EngineConfig(
+            steps=int(opts["steps"]),
+            step_size=float(opts["step_size"]),
+            schedule=opts["schedule"],
+            optimizer=opts["optimizer"],
+            random_start=bool(opts["random_start"]),
+            grad_repeats=int(opts["grad_repeats"]),
+            restarts=int(opts["restarts"]),
+        )
+        cfg.validate()
+        if seed is None:
+            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
+
+        x_native, info = to_tensor(image)
+        B, _, H, W = x_native.shape
+        size = working_shape(H, W, self.working_size)
+        mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None
+
+        with self._lock:  # one optimisation at a time per Protector (models are shared)
+            dev = self.device
+            x_nat_dev = x_native.to(dev)
+            x = _resize(x_nat_dev, size)
+            mask_work = _resize(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
+            prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
+            prep_opts["names"] = list(names) if names else None
+            torch.manual_seed(seed)
+            ctx = m.prepare(x, self.models, prep_opts)
+            objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
+
+            bar = None
+            cb = callback
+            if progress:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
+
+                def cb(i, n, loss, _user=callback):
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{float(loss.mean()):.4g}")
+                    if _user is not None:
+                        _user(i, n, loss)
+
+            try:
+                res = engine.run(x, objective, budget, cfg, mask=mask_work, callback=cb, seed=seed, amp_dtype=self.amp_dtype)
+            finally:
+                if bar is not None:
+                    bar.close()
+
+            delta = res.delta
+            if tuple(size) != (H, W):
+                delta = F.interpolate(delta, size=(H, W), mode="bilinear", align_corners=False)
+            if mask_native is not None:
+                delta = delta * mask_native.to(dev)
+            delta = budget.project(delta)
+            x_adv = (x_nat_dev + delta).clamp(0, 1)
+            out = quantize(x_nat_dev, x_adv, budget)
+            if mask_native is not None:  # rounding must not touch pixels outside the mask
+                keep = mask_native.to(dev).expand_as(out) > 0
+                out = torch.where(keep, out, quantize(x_nat_dev, x_nat_dev, budget))
+            achieved = budget.measure(out - x_nat_dev)
+            if not bool((achieved <= budget.eps + 1e-3).all()):
+                raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
+
+        result_image = from_tensor(out, info)
+        if not return_result:
+            return result_image
+        return ProtectionResult(
+            image=result_image,
+            method=m.name,
+            eps=budget.eps,
+            norm=budget.norm,
+            achieved=[float(a) for a in achieved.cpu()],
+            steps=cfg.steps,
+            seed=seed,
+            working_size=tuple(size),
+            models=self.models.describe(),
+            loss_history=res.history,
+            initial_loss=[float(v) for v in res.initial_loss.cpu()],
+            final_loss=[float(v) for v in res.final_loss.cpu()],
+            seconds=time.perf_counter() - t0,
+            options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool))},
+        )
+
+    __call__ = protect
+
+    def protect_many(self, images: Sequence[Any], *, batch_size: int = 8, **kwargs: Any) -> list:
+        """Protect a list of images, batching those that share a size (platform use)."""
+        out: list = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        loaded = []
+        for i, img in enumerate(images):
+            x, info = to_tensor(img)
+            loaded.append((x, info))
+            groups.setdefault((tuple(x.shape[-2:]), info.alpha is not None), []).append(i)
+        for idx in groups.values():
+            for s in range(0, len(idx), batch_size):
+                chunk = idx[s : s + batch_size]
+                xb = torch.cat([loaded[i][0] for i in chunk])
+                prot = self.protect(xb, **kwargs)
+                for j, i in enumerate(chunk):
+                    _, info = loaded[i]
+                    out[i] = from_tensor(prot[j : j + 1], info)
+        return out
+
+
+_DEFAULT_PROTECTORS: dict[tuple, Protector] = {}
+_DEFAULT_LOCK = threading.Lock()
+
+
+def _model_key(spec: Any) -> Any:
+    return spec if isinstance(spec, (str, type(None), int, float)) else id(spec)
+
+
+def protect(
+    image: Any,
+    method: str = DEFAULT_METHOD,
+    *,
+    eps: float | None = None,
+    steps: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    mask: Any = None,
+    progress: bool = False,
+    vae: Any = None,
+    face_model: Any = "facenet",
+    features: Any = "auto",
+    return_result: bool = False,
+    **method_options: Any,
+):
+    """Protect one image (or a batch tensor) against diffusion editing.
+
+    Returns the same type and size as ``image``. ``eps`` is in /255 pixel units (default:
+    the method's, see :func:`imguard.methods`). Models are loaded once and cached between
+    calls; for control over their lifetime use :class:`Protector`.
+    """
+    dev = resolve_device(device)
+    key = (str(dev), _model_key(vae), _model_key(face_model), _model_key(features))
+    with _DEFAULT_LOCK:
+        p = _DEFAULT_PROTECTORS.get(key)
+        if p is None:
+            p = Protector(method, device=dev, vae=vae, face_model=face_model, features=features)
+            _DEFAULT_PROTECTORS[key] = p
+    return p.protect(
+        image, method=method, eps=eps, steps=steps, seed=seed, mask=mask, progress=progress,
+        return_result=return_result, **method_options,
+    )
+
+
+def methods() -> dict[str, dict]:
+    """The registered methods: ``{name: {"description", "maximize", "defaults", "needs"}}``."""
+    out = {}
+    for name in method_names():
+        m = get_method(name)
+        out[name] = {"description": m.description, "maximize": m.maximize, "defaults": m.options(), "needs": m.needs}
+    return out

