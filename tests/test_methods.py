@@ -43,10 +43,12 @@ def test_methods_listing_has_descriptions_and_units():
     assert set(info) == set(ALL)
     for name, m in info.items():
         assert m["description"] and m["defaults"]["eps"] > 0 and m["defaults"]["step_size"] > 0
-    # FaceLock's budget converted from [-1,1] units: 0.03 -> 3.825/255, step 0.01 -> 1.275/255
-    assert info["facelock"]["defaults"]["eps"] == pytest.approx(0.03 * 255 / 2)
+    # FaceLock's budget from [-1,1] units: 0.03 -> 3.825/255, realised as 4 levels in 8 bits;
+    # step 0.01 -> 1.275/255. PhotoGuard 0.06 -> 7.65/255 -> 8 levels.
+    assert info["facelock"]["defaults"]["eps"] == round(0.03 * 255 / 2)
     assert info["facelock"]["defaults"]["step_size"] == pytest.approx(0.01 * 255 / 2)
-    assert info["photoguard"]["defaults"]["eps"] == pytest.approx(0.06 * 255 / 2)
+    assert info["photoguard"]["defaults"]["eps"] == round(0.06 * 255 / 2)
+    assert info["photoguard"]["defaults"]["step_size"] == pytest.approx(0.02 * 255 / 2)
 
 
 def test_facelock_schedule_switches_terms_on():

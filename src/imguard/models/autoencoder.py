@@ -98,6 +98,8 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> nn.Module:
         return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
     except Exception as first:  # noqa: BLE001 - re-raised with advice below
         try:
+            if not _is_missing_file(first):  # unreachable hub etc.: do not wait a second time
+                raise first
             return AutoencoderKL.from_pretrained(source, torch_dtype=dtype)
         except Exception:  # noqa: BLE001
             raise ModelLoadError(
@@ -108,6 +110,12 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> nn.Module:
                 "vae='/path/to/vae' (a folder with config.json and weights), or use an offline "
                 "tiny autoencoder: vae='taesd:/path/to/taef2'."
             ) from first
+
+
+def _is_missing_file(e: Exception) -> bool:
+    """The repo was reached but has no vae/ subfolder (a VAE-only repo)."""
+    name = type(e).__name__
+    return name in ("EntryNotFoundError", "RemoteEntryNotFoundError") or "does not appear to have a file" in str(e)
 
 
 def _looks_like_hub_id(s: str) -> bool:

