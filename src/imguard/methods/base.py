@@ -13,7 +13,7 @@ from typing import Any, Callable
 import torch
 
 #: Option names that configure the engine rather than the method's objective.
-ENGINE_OPTIONS = ("eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts")
+ENGINE_OPTIONS = ("eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot")
 
 #: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
 COMMON_DEFAULTS = {
@@ -23,6 +23,7 @@ COMMON_DEFAULTS = {
     "random_start": True,
     "grad_repeats": 1,
     "restarts": 1,
+    "eot": (),  #: expectation over transformation: names from imguard.transforms.eot_names()
 }
 
 

@@ -28,16 +28,12 @@ from torch import nn
 
 from ._errors import ModelLoadError
 from .autoencoder import freeze
+from .sface import ARCFACE_TEMPLATE_112  # 5-point template at 112x112 (onnx is needed only to load SFace)
 
 #: Cosine threshold for facenet (InceptionResnetV1, VGGFace2): an L2 distance of 1.1 between
 #: unit embeddings, the usual verification threshold for this model, is cos = 1 - 1.1**2 / 2.
 FACENET_THRESHOLD = 0.395
 
-#: 5-point template (left eye, right eye, nose, mouth left, mouth right) at 112x112.
-ARCFACE_TEMPLATE_112 = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float32,
-)
 
 
 class FacenetRecognizer(nn.Module):
@@ -211,8 +207,10 @@ def alignment_matrices(faces: Sequence[Face], recognizer: nn.Module) -> torch.Te
     mats = []
     for f in faces:
         if getattr(recognizer, "alignment", "bbox") == "landmarks5" and f.landmarks is not None:
-            template = ARCFACE_TEMPLATE_112 * np.array([w / 112.0, h / 112.0], dtype=np.float32)
-            mats.append(_similarity(f.landmarks, template))
+            template = getattr(recognizer, "template", None)  # [5,2] in crop pixels, if the model has its own
+            if template is None:
+                template = ARCFACE_TEMPLATE_112 * np.array([w / 112.0, h / 112.0], dtype=np.float32)
+            mats.append(_similarity(f.landmarks, np.asarray(template, dtype=np.float32)))
         else:
             x0, y0, x1, y1 = [float(v) for v in f.box]
             sx, sy = w / max(x1 - x0, 1e-3), h / max(y1 - y0, 1e-3)
