@@ -16,6 +16,7 @@ ap.add_argument("input")
 ap.add_argument("output")
 ap.add_argument("--method", default="facelock")
 ap.add_argument("--eps", type=float, default=None)
+ap.add_argument("--steps", type=int, default=None)
 ap.add_argument("--offline", action="store_true", help="SFace + TAEF2 from ../shared/assets")
 args = ap.parse_args()
 
@@ -26,7 +27,7 @@ if args.offline:
 
 if Path(args.output).exists():
     raise SystemExit(f"{args.output} exists; not overwriting it")
-result = imguard.protect(Image.open(args.input), args.method, eps=args.eps, seed=0, progress=True,
+result = imguard.protect(Image.open(args.input), args.method, eps=args.eps, steps=args.steps, seed=0, progress=True,
                          return_result=True, **models)
 result.image.save(args.output)
 print(result.summary())
