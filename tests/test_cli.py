@@ -81,3 +81,25 @@ def test_offline_command_from_readme(tmp_path):
     assert out.size == (128, 128)
     d = np.abs(np.asarray(out).astype(int) - np.asarray(Image.open(small).convert("RGB")).astype(int))
     assert 1 <= d.max() <= 4
+
+
+def test_batch_size_groups_same_sized_images(tmp_path, tiny_vae_dir):
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(3):
+        _img(src / f"a{i}.png", (32, 24), seed=i)
+    _img(src / "b.png", (16, 16))
+    rc = main(["protect", str(src), "-o", str(tmp_path / "out"), "--method", "encoder", "--eps", "3", "--steps", "2",
+               "--seed", "0", "--vae", str(tiny_vae_dir), "--device", "cpu", "--batch-size", "2", "-q"])
+    assert rc == 0
+    for name, size in [("a0", (32, 24)), ("a1", (32, 24)), ("a2", (32, 24)), ("b", (16, 16))]:
+        out = Image.open(tmp_path / "out" / f"{name}.png")
+        assert out.size == size
+        d = np.abs(np.asarray(out).astype(int) - np.asarray(Image.open(src / f"{name}.png")).astype(int))
+        assert d.max() <= 3
+
+
+def test_batches_helper():
+    from imguard.cli import _batches
+
+    assert _batches([1, 1, 1, 2, 2, 1], key=lambda v: v, size=2) == [[1, 1], [1], [2, 2], [1]]
