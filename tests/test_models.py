@@ -160,3 +160,29 @@ def test_real_taef2_and_sface_end_to_end_detect_align():
 if os.environ.get("IMGUARD_TEST_NETWORK"):  # pragma: no cover - needs a model hub
     def test_hub_default_vae_loads():
         assert load_autoencoder(None).latent_channels == 4
+
+
+def test_detector_finds_no_face_in_tiny_or_blank_images():
+    from imguard.models import FaceDetector
+
+    det = FaceDetector()
+    assert det.detect(torch.rand(1, 3, 8, 8)) == [None]
+    assert det.detect(torch.zeros(1, 3, 64, 40)) == [None]
+
+
+def test_protect_with_real_detector_on_tiny_images(tiny_vae_dir):
+    import numpy as np
+    from PIL import Image
+
+    import imguard
+    from conftest import TinyRecognizer
+
+    p = imguard.Protector(models=Models(vae=str(tiny_vae_dir), face_model=TinyRecognizer(), features="ae"), device="cpu")
+    for w, h in [(1, 1), (7, 30)]:
+        img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = p.protect(img, eps=3, steps=1, seed=0)
+        assert out.size == (w, h)
+    with pytest.raises(imguard.NoFaceError, match="no face found"):
+        p.protect(torch.rand(1, 3, 16, 16), steps=1, require_face=True)

@@ -167,6 +167,9 @@ def centre_face(h: int, w: int) -> Face:
 class FaceDetector:
     """MTCNN from facenet-pytorch (weights shipped in the package), created once."""
 
+    #: images whose short side is below this hold no face MTCNN can find (its smallest is 20 px)
+    MIN_SIDE = 24
+
     def __init__(self, device: torch.device | str = "cpu"):
         from facenet_pytorch import MTCNN
 
@@ -177,8 +180,14 @@ class FaceDetector:
         imgs = (x01.detach().clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
         out: list[Face | None] = []
         for img in imgs:  # one at a time: MTCNN's batched path needs equal sizes anyway
+            if min(img.shape[:2]) < self.MIN_SIDE:  # too small to hold a detectable face
+                out.append(None)
+                continue
             with torch.no_grad():
-                boxes, probs, points = self.mtcnn.detect(img, landmarks=True)
+                try:
+                    boxes, probs, points = self.mtcnn.detect(img, landmarks=True)
+                except (RuntimeError, ValueError):  # MTCNN fails on degenerate inputs: no face
+                    boxes = None
             if boxes is None or len(boxes) == 0:
                 out.append(None)
                 continue
