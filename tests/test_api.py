@@ -136,3 +136,13 @@ def test_eot_option_runs_and_is_deterministic(tiny_protector):
     assert torch.equal(a, b) and Budget(4).holds(a - x, tol=1e-4)
     with pytest.raises(ValueError, match="valid"):
         tiny_protector.protect(x, eot=["sharpen"], **FAST)
+
+
+def test_16bit_greyscale_png(tmp_path, tiny_protector):
+    arr = (np.random.default_rng(0).integers(0, 65536, (20, 24))).astype(np.uint16)
+    p = tmp_path / "deep.png"
+    Image.fromarray(arr).save(p)
+    out = tiny_protector.protect(str(p), **FAST)
+    assert out.mode == "RGB" and out.size == (24, 20)
+    ref = np.round(arr.astype(np.float64) / 65535 * 255)
+    assert np.abs(np.asarray(out)[..., 0].astype(int) - ref).max() <= 4 + 1

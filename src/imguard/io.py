@@ -65,6 +65,10 @@ def to_tensor(image: Any) -> tuple[torch.Tensor, ImageInfo]:
             arr = np.asarray(rgba, dtype=np.float32) / 255.0
             alpha = torch.from_numpy(arr[..., 3].copy())[None, None]
             rgb = arr[..., :3]
+        elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale
+            g = np.asarray(image, dtype=np.float32)
+            g = g / (65535.0 if g.max() > 255 else 255.0)
+            rgb = np.repeat(np.clip(g, 0, 1)[..., None], 3, axis=2)
         else:
             rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
