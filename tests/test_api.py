@@ -146,3 +146,19 @@ def test_16bit_greyscale_png(tmp_path, tiny_protector):
     assert out.mode == "RGB" and out.size == (24, 20)
     ref = np.round(arr.astype(np.float64) / 65535 * 255)
     assert np.abs(np.asarray(out)[..., 0].astype(int) - ref).max() <= 4 + 1
+
+
+def test_models_as_dict_and_early_stop(tiny_vae_dir):
+    from conftest import TinyRecognizer
+
+    p = imguard.Protector("encoder", device="cpu", models={"vae": str(tiny_vae_dir), "face_model": TinyRecognizer(), "detector": None})
+    steps_seen = []
+
+    def stop(x_adv, loss, step):
+        steps_seen.append(step)
+        return torch.ones(x_adv.shape[0], dtype=torch.bool)  # done after the first step
+
+    res = p.protect(torch.rand(2, 3, 16, 16), eps=4, steps=10, seed=0, early_stop=stop, return_result=True)
+    assert steps_seen == [0] and res.loss_history.shape[0] == 1
+    with pytest.raises(TypeError, match="valid: vae"):
+        imguard.Protector(models={"autoencoder": "x"})

@@ -108,7 +108,8 @@ class Protector:
     >>> result = p.protect(img, return_result=True); print(result.summary())
 
     ``models`` may be a :class:`~imguard.models.Models` to share loaded models between
-    protectors; otherwise ``vae``, ``face_model``, ``features`` and ``detector`` name them.
+    protectors, or a dict of specs (``{"vae": ..., "face_model": ...}``); otherwise ``vae``,
+    ``face_model``, ``features`` and ``detector`` name them.
     """
 
     def __init__(
@@ -116,7 +117,7 @@ class Protector:
         method: str = DEFAULT_METHOD,
         *,
         device: str | torch.device | None = None,
-        models: Models | None = None,
+        models: Models | dict | None = None,
         vae: Any = None,
         face_model: Any = "facenet",
         features: Any = "auto",
@@ -129,6 +130,11 @@ class Protector:
         self.amp_dtype = amp_dtype_for(self.device, precision)
         if models is None:
             models = Models(vae=vae, face_model=face_model, features=features, detector=detector, device=self.device)
+        elif isinstance(models, dict):
+            unknown = set(models) - {"vae", "face_model", "features", "detector"}
+            if unknown:
+                raise TypeError(f"unknown model keys {sorted(unknown)}; valid: vae, face_model, features, detector")
+            models = Models(device=self.device, **{"vae": vae, "face_model": face_model, "features": features, "detector": detector, **models})
         self.models = models
         self.working_size = working_size
         self._lock = threading.Lock()
@@ -144,6 +150,7 @@ class Protector:
         mask: Any = None,
         progress: bool = False,
         callback: Callable[[int, int, torch.Tensor], None] | None = None,
+        early_stop: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
         return_result: bool = False,
         names: Sequence[str] | None = None,
         **method_options: Any,
@@ -151,7 +158,8 @@ class Protector:
         """Protect ``image`` (PIL, ndarray, tensor or file path); returns the same type and size.
 
         ``eps`` and ``step_size`` are in /255 pixel units. Other keyword options are the
-        method's (see :func:`imguard.methods`). With ``return_result=True`` a
+        method's (see :func:`imguard.methods`). ``early_stop(x_adv, loss, step) -> bool[B]``
+        freezes the images it marks as done (at the working size). With ``return_result=True`` a
         :class:`ProtectionResult` carries the image and the measured budget.
         """
         t0 = time.perf_counter()
@@ -202,7 +210,10 @@ class Protector:
                         _user(i, n, loss)
 
             try:
-                res = engine.run(x, objective, budget, cfg, mask=mask_work, callback=cb, seed=seed, amp_dtype=self.amp_dtype)
+                res = engine.run(
+                    x, objective, budget, cfg, mask=mask_work, callback=cb, early_stop=early_stop, seed=seed,
+                    amp_dtype=self.amp_dtype,
+                )
             finally:
                 if bar is not None:
                     bar.close()
