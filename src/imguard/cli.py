@@ -19,7 +19,7 @@ examples:
   imguard protect photos/ -o protected/ --method photoguard --eps 8
   imguard protect face.png -o out --face-model sface --vae taesd:/path/to/taef2   # offline
   imguard methods
-  imguard eval --originals photos/ --protected protected/ -o report/ --face-model sface --vae taesd:/path/to/taef2
+  imguard eval --originals photos/ --protected protected/ -o report/ --face-model dlib --vae taesd:/path/to/taef2 --attacked-face-model sface
 """
 
 

