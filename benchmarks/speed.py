@@ -19,15 +19,12 @@ from pathlib import Path
 import torch
 
 import imguard
-from imguard.io import to_tensor, read_image
+from paper_tables import load_faces  # same folder: benchmarks/
 
 
-def load_faces(folder: Path, n: int, size: int) -> torch.Tensor:
-    paths = sorted(folder.glob("**/*.png"))[:n]
-    if not paths:
-        raise SystemExit(f"no PNG faces under {folder}")
-    xs = [to_tensor(read_image(p))[0] for p in paths]
-    x = torch.cat([torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", antialias=True) for t in xs])
+def load_batch(folder: Path, n: int, size: int) -> torch.Tensor:
+    """``n`` faces at ``size`` (repeating the folder's faces when it has fewer)."""
+    x = load_faces(folder, size)[1][:n]
     while x.shape[0] < n:
         x = torch.cat([x, x])[:n]
     return x
@@ -53,7 +50,7 @@ def main() -> None:
     dev = p.device
     rows = []
     for b in args.batch:
-        x = load_faces(Path(args.faces), b, args.size)
+        x = load_batch(Path(args.faces), b, args.size)
         for method in args.methods:
             p.protect(x, method=method, steps=2, seed=0)  # warm-up (model load, kernels)
             if dev.type == "cuda":

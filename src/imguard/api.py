@@ -66,7 +66,8 @@ def working_shape(h: int, w: int, long_side: int | None) -> tuple[int, int]:
     return hh, ww
 
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a [B,C,H,W] batch (antialiased when shrinking); no-op at the same size."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
@@ -188,8 +189,8 @@ class Protector:
         with self._lock:  # one optimisation at a time per Protector (models are shared)
             dev = self.device
             x_nat_dev = x_native.to(dev)
-            x = _resize(x_nat_dev, size)
-            mask_work = _resize(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
+            x = resize_image(x_nat_dev, size)
+            mask_work = resize_image(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
             prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
             prep_opts["names"] = list(names) if names else None
             torch.manual_seed(seed)
@@ -263,7 +264,7 @@ class Protector:
         for i, img in enumerate(images):
             x, info = to_tensor(img)
             loaded.append((x, info))
-            groups.setdefault((tuple(x.shape[-2:]), info.alpha is not None), []).append(i)
+            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
         for idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]

@@ -7,7 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+from .io import IMAGE_SUFFIXES
 
 DESCRIPTION = """\
 imguard adds an invisible perturbation (a few /255 per pixel) to portrait photos so that
@@ -79,10 +79,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise SystemExit("imguard: error: --batch-size must be >= 1")
     # check every file first: an unreadable one is reported before any work is done
-    shapes = {}
-    for p in inputs:
-        im = read_image(p)
-        shapes[p] = (im.size, im.mode in ("RGBA", "LA", "PA"))
+    sizes = {p: read_image(p).size for p in inputs}
 
     options = {}
     if args.step_size is not None:
@@ -103,7 +100,7 @@ def _cmd_protect(args: argparse.Namespace) -> int:
         working_size=None if args.working_size == 0 else args.working_size,
     )
     bar = tqdm(total=len(inputs), desc="protecting", unit="image", disable=args.quiet)
-    for batch in _batches(list(zip(inputs, outputs)), lambda it: shapes[it[0]], args.batch_size):
+    for batch in _batches(list(zip(inputs, outputs)), lambda it: sizes[it[0]], args.batch_size):
         bar.set_postfix_str(batch[0][0].name)
         loaded = [to_tensor(read_image(src)) for src, _ in batch]
         res = protector.protect(

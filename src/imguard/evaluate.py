@@ -50,14 +50,13 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .api import _resize, working_shape
+from .api import resize_image, working_shape
 from .editing import DEFAULT_EDITOR, EditPrompt, select_prompts
-from .io import ImageReadError, from_tensor, read_image, save_image, to_tensor, ImageInfo
+from .io import IMAGE_SUFFIXES, ImageInfo, ImageReadError, from_tensor, read_image, save_image, to_tensor
 from .models import ModelLoadError, load_autoencoder, load_face_recognizer
 from .runtime import resolve_device
 from .transforms import Purification, describe_purifications, parse_purifications
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 BASELINE = "none"
 CLEAN = "clean"  #: the index-0 row of every batch: the clean original
 DEFAULT_SIZE = 512
@@ -514,7 +513,7 @@ def _evaluate_image(stem, orig_src, method_srcs, conds, judges, attacked_by, siz
     x0 = _load(orig_src)
     H, W = x0.shape[-2:]
     work = working_shape(H, W, size)
-    x0w = _resize(x0, work)
+    x0w = resize_image(x0, work)
     rows: dict[str, int] = {}
     batch = [x0w]
     prot_native: dict[str, torch.Tensor] = {}
@@ -532,7 +531,7 @@ def _evaluate_image(stem, orig_src, method_srcs, conds, judges, attacked_by, siz
             rows[m] = 0  # identical to the clean image: its edits are the clean edits
         else:
             rows[m] = len(batch)
-            batch.append(_resize(xp, work))
+            batch.append(resize_image(xp, work))
     xb = torch.cat(batch)
     ref, found = judges.identity.embed(x0w)
     has_face = bool(found[0])
@@ -898,7 +897,7 @@ def save_grid(tiles: list[tuple[str, torch.Tensor]], path: Path, overwrite: bool
     for _, t in tiles:
         h, w = t.shape[-2:]
         s = tile / max(h, w)
-        ims.append(from_tensor(_resize(t.float(), (max(1, round(h * s)), max(1, round(w * s)))), ImageInfo(kind="pil")))
+        ims.append(from_tensor(resize_image(t.float(), (max(1, round(h * s)), max(1, round(w * s)))), ImageInfo(kind="pil")))
     band = 28
     W = sum(im.width for im in ims) + 4 * (len(ims) - 1)
     H = max(im.height for im in ims) + band

@@ -17,6 +17,10 @@ import numpy as np
 import torch
 
 
+#: File endings treated as images when a folder is given.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
 class ImageReadError(ValueError):
     """An image could not be read or has an unsupported shape/type."""
 

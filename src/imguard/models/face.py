@@ -35,7 +35,6 @@ from .sface import ARCFACE_TEMPLATE_112  # 5-point template at 112x112 (onnx is 
 FACENET_THRESHOLD = 0.395
 
 
-
 class FacenetRecognizer(nn.Module):
     """facenet-pytorch's InceptionResnetV1 behind the recognizer interface."""
 
