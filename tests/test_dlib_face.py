@@ -59,7 +59,8 @@ def dev_faces():
 @pytest.fixture(scope="module")
 def library_embeddings(recognizer, dev_faces):
     """Embeddings of the dev faces with the library's alignment (MTCNN + template warp)."""
-    from imguard.models.face import FaceDetector, _similarity, find_faces, warp_faces
+    from imguard.models import FaceDetector, find_faces, warp_faces
+    from imguard.models.alignment import similarity_transform as _similarity
 
     labels, images = dev_faces
     faces = find_faces(images, FaceDetector("cpu"), require_face=True)

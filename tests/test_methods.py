@@ -73,9 +73,9 @@ def test_facelock_schedule_switches_terms_on():
             return z
 
     class Emb:
-        def embed(self, x):
+        def similarity(self, x, reference):
             calls.append("fr")
-            return torch.ones(1, 2) / 2 ** 0.5
+            return torch.ones(1)
 
     ctx = {"ae": AE(), "z_clean": torch.zeros(1, 3, 4, 4), "x": torch.zeros(1, 3, 4, 4), "features": Probe("fe"),
            "embedder": Emb(), "emb_clean": torch.ones(1, 2) / 2 ** 0.5,

@@ -9,7 +9,8 @@ import torch
 from conftest import TAEF2, build_tiny_vae, requires_assets
 from imguard.models import Models, ModelLoadError, load_autoencoder, load_face_recognizer, load_features
 from imguard.models.autoencoder import DiffusersVAE
-from imguard.models.face import FacenetRecognizer, alignment_matrices, centre_face, warp_faces
+from imguard.models import alignment_matrices, centre_face, warp_faces
+from imguard.models.facenet import FacenetRecognizer
 
 
 def test_tiny_autoencoderkl_round_trips_through_loader(tiny_vae_dir):
@@ -79,10 +80,10 @@ def test_facenet_local_weights_and_errors(tmp_path, monkeypatch):
 
     p = tmp_path / "facenet.pt"
     torch.save(InceptionResnetV1().state_dict(), p)
-    rec = load_face_recognizer(f"facenet:{p}")
-    assert rec.name.startswith("facenet:")
+    rec = load_face_recognizer(f"vggface2:{p}")
+    assert rec.name.startswith("vggface2:")
     with pytest.raises(ModelLoadError, match="does not exist"):
-        load_face_recognizer(f"facenet:{tmp_path / 'missing.pt'}")
+        load_face_recognizer(f"vggface2:{tmp_path / 'missing.pt'}")
     with pytest.raises(ValueError, match="valid"):
         load_face_recognizer("arcface-xl")
 
@@ -90,11 +91,11 @@ def test_facenet_local_weights_and_errors(tmp_path, monkeypatch):
         raise OSError("network unreachable")
 
     monkeypatch.setattr("facenet_pytorch.models.inception_resnet_v1.load_weights", no_download)
-    with pytest.raises(ModelLoadError, match=r"facenet.*face_model='facenet:/path"):
-        load_face_recognizer("facenet")
+    with pytest.raises(ModelLoadError, match=r"vggface2.*face_model='vggface2:/path"):
+        load_face_recognizer("vggface2")
 
 
-def test_lpips_with_untrained_backbone_and_offline_fallback(monkeypatch):
+def test_lpips_with_untrained_backbone_and_offline_features():
     from imguard.models.features import load_lpips
 
     d = load_lpips("alex", pretrained_backbone=False)
@@ -102,17 +103,13 @@ def test_lpips_with_untrained_backbone_and_offline_fallback(monkeypatch):
     assert d(a, a).abs().max() < 1e-6
     assert (d(a, torch.rand_like(a)) > 0).all()
 
-    import imguard.models as M
-
-    def fail(*a, **k):
-        raise ModelLoadError("could not load LPIPS (alex): offline")
-
-    monkeypatch.setattr(M, "load_features", lambda spec, **k: fail() if spec == "lpips" else load_features(spec, **k))
-    models = Models(vae=build_tiny_vae(), features="auto", detector=None)
-    with warnings.catch_warnings(record=True) as w:
-        warnings.simplefilter("always")
-        f = models.features
-    assert "ae" in f.name and any("features='ae'" in str(x.message) for x in w)
+    # "auto" (and the default) are the offline autoencoder features: no LPIPS attempt, no warning
+    for spec in ("auto", "ae"):
+        models = Models(vae=build_tiny_vae(), features=spec, detector=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            f = models.features
+        assert "ae" in f.name
     with pytest.raises(ValueError, match="valid"):
         load_features("sift")
 

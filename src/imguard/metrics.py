@@ -129,7 +129,7 @@ class IdentityMetric:
     @torch.no_grad()
     def embed(self, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unit embeddings ``[B,D]`` (rows of NaN where no face was found) and ``found`` [B]."""
-        from .models.face import FaceEmbedder, centre_face
+        from .models import FaceEmbedder, centre_face
 
         B, _, H, W = x01.shape
         dets = self.detector.detect(x01) if self.detector is not None else [centre_face(H, W)] * B

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ..models import FaceEmbedder, find_faces
+from ..models import FaceEmbedder, autoencoders_of, find_faces
 from .base import Method, per_sample_mse, register
 from .encoder_attacks import FACELOCK_BUDGET
 
@@ -44,12 +44,12 @@ def _face_context(x, models, opts) -> dict:
     faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", False)), names=opts.get("names"))
     embedder = FaceEmbedder(models.face, faces)
     with torch.no_grad():
-        emb = embedder.embed(x)
+        emb = embedder.embed_all(x)
     return {"x": x, "faces": faces, "embedder": embedder, "emb_clean": emb}
 
 
 def _cos_to_clean(img, ctx):
-    return (ctx["embedder"].embed(img) * ctx["emb_clean"]).sum(dim=1)
+    return ctx["embedder"].similarity(img, ctx["emb_clean"])
 
 
 def _facelock_prepare(x, models, opts):

@@ -1,58 +1,93 @@
-"""Model loaders behind small interfaces, and :class:`Models`, a lazy cache of them.
+"""Models behind declared interfaces, and :class:`Models`, a lazy cache of them.
 
 Models know nothing of protection methods. Everything loaded here is frozen (eval mode,
 ``requires_grad_(False)``) and loaded once per :class:`Models` instance.
+
+``base``         the interfaces (:class:`Autoencoder`, :class:`Recognizer`), :class:`ModelSpec`
+``autoencoder``  SD VAE through diffusers, the bundled TAESD-family tiny autoencoders, ensembles
+``recognizers``  recognizers by name, ensembles, :class:`FaceEmbedder`
+``detection``    MTCNN, once per clean image;  ``alignment``: templates and the warp
+``features``     perceptual distances (autoencoder features, LPIPS)
 """
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
 
-from ._errors import ModelLoadError
-from .autoencoder import DEFAULT_VAE, DiffusersVAE, load_autoencoder
-from .face import FaceDetector, FaceEmbedder, NoFaceError, find_faces, load_face_recognizer
+from .alignment import alignment_matrices, warp_faces
+from .autoencoder import (
+    DEFAULT_VAE, EDITOR_VAE, AutoencoderEnsemble, DiffusersVAE, autoencoders_of, load_autoencoder,
+)
+from .base import Autoencoder, ModelLoadError, ModelSpec, Recognizer, freeze
+from .detection import Face, FaceDetector, NoFaceError, centre_face, find_faces
 from .features import FEATURES, load_features
+from .recognizers import RECOGNIZERS, FaceEmbedder, RecognizerEnsemble, load_face_recognizer, members_of
 
 __all__ = [
+    "DEFAULT_FACE_MODEL",
     "DEFAULT_VAE",
+    "EDITOR_VAE",
+    "FEATURES",
+    "RECOGNIZERS",
+    "Autoencoder",
+    "AutoencoderEnsemble",
     "DiffusersVAE",
+    "Face",
     "FaceDetector",
     "FaceEmbedder",
-    "FEATURES",
     "ModelLoadError",
+    "ModelSpec",
     "Models",
     "NoFaceError",
+    "Recognizer",
+    "RecognizerEnsemble",
+    "alignment_matrices",
+    "autoencoders_of",
+    "centre_face",
     "find_faces",
+    "freeze",
     "load_autoencoder",
     "load_face_recognizer",
     "load_features",
+    "members_of",
+    "warp_faces",
 ]
+
+#: The recognizer attacked when none is named (offline; the presets name ensembles).
+DEFAULT_FACE_MODEL = "sface"
 
 
 class Models:
     """The models a protection needs, loaded lazily on first use and then kept.
 
-    ``vae``         autoencoder spec (see :func:`load_autoencoder`); default InstructPix2Pix's VAE
-    ``face_model``  recognizer spec (see :func:`load_face_recognizer`); default ``"facenet"``
-    ``features``    ``"auto"`` (LPIPS-alex, or ``ae`` with one warning when LPIPS cannot
-                    load), ``"lpips"``, ``"lpips-vgg"``, ``"ae"`` or a module
-    ``detector``    ``"mtcnn"`` (default), ``None`` (always the centre crop), or an object with
-                    ``detect(x01) -> list[Face | None]``
+    ``vae``          autoencoder spec (see :func:`load_autoencoder`); default the bundled TAESD
+    ``face_model``   recognizer spec (see :func:`load_face_recognizer`), or an ensemble
+    ``face_weights`` optional weights of the ensemble's members (normalised)
+    ``features``     ``"ae"`` (the autoencoder's own multi-layer features, offline; default),
+                     ``"lpips"``, ``"lpips-vgg"`` or a module
+    ``detector``     ``"mtcnn"`` (default), ``None`` (always the centre crop), or an object with
+                     ``detect(x01) -> list[Face | None]``
     """
 
     def __init__(
         self,
         vae: Any = None,
-        face_model: Any = "facenet",
-        features: Any = "auto",
+        face_model: Any = None,
+        features: Any = "ae",
         detector: Any = "mtcnn",
         device: torch.device | str = "cpu",
+        face_weights: Any = None,
     ):
         self.device = torch.device(device)
-        self.specs = {"vae": vae, "face_model": face_model, "features": features, "detector": detector}
+        self.specs = {
+            "vae": DEFAULT_VAE if vae is None else vae,
+            "face_model": DEFAULT_FACE_MODEL if face_model is None else face_model,
+            "features": features,
+            "detector": detector,
+        }
+        self.face_weights = face_weights
         self._cache: dict[str, Any] = {}
 
     def _get(self, key: str, build):
@@ -66,7 +101,7 @@ class Models:
 
     @property
     def face(self):
-        return self._get("face", lambda: load_face_recognizer(self.specs["face_model"], self.device))
+        return self._get("face", lambda: load_face_recognizer(self.specs["face_model"], self.device, weights=self.face_weights))
 
     @property
     def detector(self):
@@ -83,23 +118,27 @@ class Models:
 
     def _load_features(self):
         spec = self.specs["features"]
-        if spec == "auto":
+        if spec == "auto":  # kept for compatibility: the offline choice
+            spec = "ae"
+        ae = autoencoders_of(self.autoencoder)[0] if spec == "ae" else None
+        return load_features(spec, autoencoder=ae, device=self.device)
+
+    def load(self, needs: tuple = ("autoencoder", "face", "features")) -> None:
+        """Load what ``needs`` names now, and report every model that fails, together."""
+        errors = []
+        for attr in needs:
             try:
-                return load_features("lpips", device=self.device)
+                getattr(self, attr)
             except ModelLoadError as e:
-                warnings.warn(
-                    f"imguard: LPIPS could not load ({str(e).split(':')[0]}); using features='ae' "
-                    "(multi-layer autoencoder features) instead. Pass features='ae' to silence this.",
-                    stacklevel=4,
-                )
-                return load_features("ae", autoencoder=self.autoencoder, device=self.device)
-        return load_features(spec, autoencoder=self.autoencoder if spec == "ae" else None, device=self.device)
+                errors.append(str(e))
+        if errors:
+            raise ModelLoadError(errors[0] if len(errors) == 1 else "models could not load:\n- " + "\n- ".join(errors))
 
     def describe(self) -> dict:
         """Names of the models loaded so far (for reports)."""
         out = {}
         for key, attr in (("vae", "autoencoder"), ("face", "face"), ("features", "features")):
-            if (key if key != "vae" else "vae") in self._cache:
+            if key in self._cache:
                 m = self._cache[key]
                 out[attr] = getattr(m, "name", type(m).__name__)
         return out

@@ -15,10 +15,21 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ._errors import ModelLoadError
+from .base import ModelLoadError, ModelSpec, freeze, spec_name, split_specs
 
-#: The editor FaceLock attacks; its VAE is the default autoencoder.
-DEFAULT_VAE = "timbrooks/instruct-pix2pix"
+#: The editor FaceLock attacks (InstructPix2Pix): its VAE, loaded through diffusers.
+EDITOR_VAE = "timbrooks/instruct-pix2pix"
+#: The default surrogate: TAESD, a tiny autoencoder of the same SD 1.x latent space, bundled.
+DEFAULT_VAE = "taesd"
+
+#: Tiny autoencoders bundled with imguard (MIT, see weights/LICENSE-taesd.txt).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+BUNDLED_AUTOENCODERS = {
+    "taesd": "TAESD: tiny autoencoder of the SD 1.x latent space (InstructPix2Pix's), bundled",
+    "taef2": "TAEF2: tiny autoencoder of the FLUX.2 latent space, bundled",
+}
+#: Kinds a spec may start with ("KIND:PATH").
+AUTOENCODER_KINDS = (*BUNDLED_AUTOENCODERS, "diffusers")
 
 
 class DiffusersVAE(nn.Module):
@@ -123,39 +134,85 @@ def _looks_like_hub_id(s: str) -> bool:
     return len(parts) == 2 and all(parts) and not s.startswith((".", "/", "~"))
 
 
-def load_autoencoder(spec: Any = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
-    """Resolve an autoencoder spec to a frozen module with ``encode``/``decode`` in [0,1].
+class AutoencoderEnsemble(nn.Module):
+    """Several autoencoders attacked together (methods iterate over :func:`autoencoders_of`)."""
 
-    ``spec`` may be: ``None`` (the InstructPix2Pix VAE from the hub), a hub id, a local
-    diffusers folder or single file, ``"taesd:PREFIX"`` (a TAESD-family pair
-    ``PREFIX_encoder.pth``/``PREFIX_decoder.pth``), an ``AutoencoderKL`` instance, any module
-    with ``encode``/``decode``, or a zero-argument function returning one of those.
-    """
-    if spec is None:
-        spec = DEFAULT_VAE
+    def __init__(self, members):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.name = "+".join(spec_name(m) for m in members)
+
+    def __iter__(self):
+        return iter(self.members)
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+
+def autoencoders_of(ae: Any) -> list:
+    """The members of an ensemble, or ``[ae]``."""
+    return list(ae.members) if isinstance(ae, AutoencoderEnsemble) else [ae]
+
+
+def _load_named(spec: str, dtype: torch.dtype) -> nn.Module:
+    from .taesd import load_taesd
+
+    parsed = ModelSpec.parse(spec, AUTOENCODER_KINDS)
+    if parsed.kind in BUNDLED_AUTOENCODERS or (parsed.kind == "" and spec.startswith("taesd:")):
+        target = parsed.path or str(WEIGHTS_DIR / parsed.kind)
+        try:
+            model = load_taesd(target)
+        except (FileNotFoundError, ValueError) as e:
+            raise ModelLoadError(
+                f"could not load the tiny autoencoder {spec!r}: {e}. Give the weights as "
+                f"'{parsed.kind}:/path/prefix' (PREFIX_encoder.pth/.safetensors and PREFIX_decoder...)."
+            ) from e
+        model.name = spec if parsed.path else parsed.kind
+        return model
+    source = parsed.path if parsed.kind == "diffusers" else spec
+    return DiffusersVAE(_from_pretrained(source, dtype), name=source)
+
+
+def _load_one(spec: Any, dtype: torch.dtype) -> nn.Module:
     if callable(spec) and not isinstance(spec, nn.Module) and not hasattr(spec, "encode"):
         spec = spec()
     if isinstance(spec, str):
-        if spec.startswith("taesd:"):
-            from .taesd import load_taesd
+        return _load_named(spec, dtype)
+    if _is_diffusers_kl(spec):
+        return DiffusersVAE(spec, name=type(spec).__name__)
+    if hasattr(spec, "encode") and hasattr(spec, "decode"):
+        return spec if isinstance(spec, nn.Module) and hasattr(spec, "name") else ModuleAutoencoder(spec)
+    raise TypeError(
+        "vae must be 'taesd', 'taef2', a hub id, a local path, 'taesd:PREFIX', an AutoencoderKL, a "
+        f"module with encode(x01)/decode(z), or a list of these; got {type(spec).__name__}"
+    )
 
-            try:
-                model = load_taesd(spec[len("taesd:"):], device=device)
-            except (FileNotFoundError, ValueError) as e:
-                raise ModelLoadError(f"could not load the tiny autoencoder {spec!r}: {e}") from e
-            model.name = spec
-        else:
-            model = DiffusersVAE(_from_pretrained(spec, torch.float32), name=spec)
-    elif _is_diffusers_kl(spec):
-        model = DiffusersVAE(spec, name=type(spec).__name__)
-    elif hasattr(spec, "encode") and hasattr(spec, "decode"):
-        model = spec if isinstance(spec, nn.Module) and hasattr(spec, "name") else ModuleAutoencoder(spec)
-    else:
-        raise TypeError(
-            "vae must be a hub id, a local path, 'taesd:PREFIX', an AutoencoderKL, or a module "
-            f"with encode(x01)/decode(z); got {type(spec).__name__}"
-        )
-    return freeze(model, device, dtype)
+
+def load_autoencoder(spec: Any = None, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> nn.Module:
+    """Resolve an autoencoder spec to a frozen module with ``encode``/``decode`` in [0,1].
+
+    ``spec`` may be: ``None`` or ``"taesd"`` (the bundled SD 1.x-space tiny autoencoder),
+    ``"taef2"`` (bundled, FLUX.2 space), ``"taesd:PREFIX"`` (a TAESD-family pair
+    ``PREFIX_encoder``/``PREFIX_decoder`` .pth or .safetensors), a hub id (e.g. the editor's
+    ``"timbrooks/instruct-pix2pix"``), a local diffusers folder or single file, an
+    ``AutoencoderKL`` instance, any module with ``encode``/``decode``, a zero-argument
+    function returning one of those, or several of these (a list, or names separated by
+    commas): an :class:`AutoencoderEnsemble`.
+    """
+    if spec is None:
+        spec = DEFAULT_VAE
+    if isinstance(spec, AutoencoderEnsemble):
+        return freeze(spec, device, dtype)
+    items = split_specs(spec)
+    errors, members = [], []
+    for item in items:
+        try:
+            members.append(freeze(_load_one(item, dtype), device, dtype))
+        except ModelLoadError as e:
+            errors.append(str(e))
+    if errors:
+        raise ModelLoadError(errors[0] if len(errors) == 1 else "several autoencoders could not load:\n- " + "\n- ".join(errors))
+    return members[0] if len(members) == 1 else AutoencoderEnsemble(members)
 
 
 def _is_diffusers_kl(obj: Any) -> bool:
@@ -164,15 +221,6 @@ def _is_diffusers_kl(obj: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     return isinstance(obj, AutoencoderKL)
-
-
-def freeze(model: Any, device: torch.device | str, dtype: torch.dtype = torch.float32):
-    """Eval mode, no parameter gradients, on ``device``."""
-    if isinstance(model, nn.Module):
-        model = model.to(device=device, dtype=dtype)
-        model.eval()
-        model.requires_grad_(False)
-    return model
 
 
 LoaderFn = Callable[[], Any]

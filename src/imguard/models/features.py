@@ -15,8 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ._errors import ModelLoadError
-from .autoencoder import freeze
+from .base import ModelLoadError, freeze
 
 FEATURES = ("lpips", "lpips-alex", "lpips-vgg", "ae")
 

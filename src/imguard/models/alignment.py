@@ -1,0 +1,86 @@
+"""Face alignment: 2x3 matrices found once on the clean image, a differentiable warp (kornia).
+
+Each recognizer states how it was trained to see a face: ``"landmarks5"`` (a similarity
+transform of 5 landmarks onto its ``template``) or ``"bbox"`` (the detector's box, widened by
+``box_scale`` around its centre, resized to ``input_size``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .base import recognizer_attr
+
+__all__ = ["ARCFACE_TEMPLATE_112", "alignment_matrices", "similarity_transform", "template_for", "warp_faces"]
+
+#: Five-point ArcFace alignment template for a 112x112 crop, in pixel coordinates
+#: (x, y): left eye, right eye, nose tip, left mouth corner, right mouth corner
+#: ("left"/"right" as seen in the image).
+ARCFACE_TEMPLATE_112 = np.array(
+    [
+        [38.2946, 51.6963],
+        [73.5318, 51.5014],
+        [56.0252, 71.7366],
+        [41.5493, 92.3655],
+        [70.7299, 92.2041],
+    ],
+    dtype=np.float32,
+)
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares similarity transform (Umeyama) mapping src [N,2] onto dst [N,2]: 2x3."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s0, d0 = src - mu_s, dst - mu_d
+    cov = d0.T @ s0 / len(src)
+    U, S, Vt = np.linalg.svd(cov)
+    D = np.eye(2)
+    if np.linalg.det(U) * np.linalg.det(Vt) < 0:
+        D[1, 1] = -1
+    R = U @ D @ Vt
+    var = (s0**2).sum() / len(src)
+    scale = np.trace(np.diag(S) @ D) / max(var, 1e-12)
+    t = mu_d - scale * R @ mu_s
+    return np.concatenate([scale * R, t[:, None]], axis=1).astype(np.float32)
+
+
+def template_for(recognizer: Any) -> np.ndarray:
+    """The recognizer's 5-point template in crop pixels (ArcFace's, scaled, by default)."""
+    template = recognizer_attr(recognizer, "template")
+    if template is not None:
+        return np.asarray(template, dtype=np.float32)
+    h, w = recognizer.input_size
+    return ARCFACE_TEMPLATE_112 * np.array([w / 112.0, h / 112.0], dtype=np.float32)
+
+
+def _box_matrix(box: Sequence[float], size: tuple[int, int], scale: float) -> np.ndarray:
+    h, w = size
+    x0, y0, x1, y1 = [float(v) for v in box]
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    bw, bh = max(x1 - x0, 1e-3) * scale, max(y1 - y0, 1e-3) * scale
+    x0, y0 = cx - bw / 2, cy - bh / 2
+    sx, sy = w / bw, h / bh
+    return np.array([[sx, 0, -x0 * sx], [0, sy, -y0 * sy]], dtype=np.float32)
+
+
+def alignment_matrices(faces: Sequence[Any], recognizer: Any) -> torch.Tensor:
+    """The 2x3 matrices (image pixels -> face crop pixels) for a recognizer: [B,2,3]."""
+    size = tuple(recognizer.input_size)
+    mats = []
+    for f in faces:
+        if recognizer_attr(recognizer, "alignment") == "landmarks5" and f.landmarks is not None:
+            mats.append(similarity_transform(np.asarray(f.landmarks, np.float32), template_for(recognizer)))
+        else:
+            mats.append(_box_matrix(f.box, size, float(recognizer_attr(recognizer, "box_scale"))))
+    return torch.from_numpy(np.stack(mats))
+
+
+def warp_faces(x01: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Differentiable crop/align of faces: [B,3,H,W] -> [B,3,h,w]."""
+    from kornia.geometry.transform import warp_affine
+
+    m = matrices.to(device=x01.device, dtype=torch.float32)
+    return warp_affine(x01.float(), m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
