@@ -176,6 +176,10 @@ class Protector:
             grad_repeats=int(opts["grad_repeats"]),
             restarts=int(opts["restarts"]),
             eot=get_eot(opts["eot"]) if opts["eot"] else (),
+            momentum=float(opts["momentum"]),
+            ti_kernel=int(opts["ti_kernel"]),
+            diversity=float(opts["diversity"]),
+            lowres=int(opts["lowres"]),
         )
         cfg.validate()
         if seed is None:

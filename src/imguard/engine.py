@@ -13,6 +13,19 @@ Two update rules share the loop:
                of one step in /255 units.
 
 Both project onto the budget (and the spatial mask, and [0,1]) after every step.
+
+Transfer techniques, each an option of :class:`EngineConfig`, usable by every method (they make
+a perturbation found on surrogate models hold on models it never saw):
+
+``momentum``     MI-FGSM: the step follows ``g_t = mu * g_{t-1} + g / mean|g|`` (sign update)
+``ti_kernel``    translation-invariant gradients: the gradient is smoothed by a Gaussian
+                 kernel of this size (sigma = size/4) before the step
+``diversity``    input diversity: each step the loss sees the image shrunk by a random factor
+                 in [1 - diversity, 1] and padded back to its size at a random offset
+``lowres``       low-frequency perturbations: delta is optimised on a grid ``lowres`` times
+                 coarser and upsampled (bilinear), so it survives JPEG and resizing
+``eot``          expectation over random transformations (see :mod:`imguard.transforms`,
+                 including a differentiable JPEG), ``grad_repeats`` draws per step
 """
 
 from __future__ import annotations
@@ -67,6 +80,10 @@ class EngineConfig:
     eot: Sequence[Transform] = field(default_factory=tuple)
     restarts: int = 1
     final_step_fraction: float = 0.01  #: for ``linear``: the last step is this fraction of the first
+    momentum: float = 0.0  #: MI-FGSM decay (0 = off)
+    ti_kernel: int = 0  #: Gaussian gradient smoothing kernel size (0 = off; odd, >= 3)
+    diversity: float = 0.0  #: input diversity: largest relative shrink per step (0 = off)
+    lowres: int = 1  #: optimise delta on a grid this many times coarser (1 = full resolution)
 
     def validate(self) -> None:
         if int(self.steps) < 1:
@@ -79,6 +96,17 @@ class EngineConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
         if int(self.grad_repeats) < 1 or int(self.restarts) < 1:
             raise ValueError("grad_repeats and restarts must be >= 1")
+        if not 0.0 <= float(self.momentum) <= 1.0:
+            raise ValueError(f"momentum must be in [0, 1], got {self.momentum!r}")
+        if int(self.ti_kernel) != 0 and (int(self.ti_kernel) < 3 or int(self.ti_kernel) % 2 == 0):
+            raise ValueError(f"ti_kernel must be 0 (off) or an odd size >= 3, got {self.ti_kernel!r}")
+        if not 0.0 <= float(self.diversity) < 0.5:
+            raise ValueError(f"diversity must be in [0, 0.5), got {self.diversity!r}")
+        if int(self.lowres) < 1:
+            raise ValueError(f"lowres must be >= 1 (1 = full resolution), got {self.lowres!r}")
+        uses_sign_only = float(self.momentum) > 0 or int(self.ti_kernel) > 0 or int(self.lowres) > 1
+        if self.optimizer != "sign" and uses_sign_only:
+            raise ValueError("momentum, ti_kernel and lowres work with optimizer='sign'")
 
 
 def step_size_at(cfg: EngineConfig, i: int) -> float:
@@ -99,6 +127,37 @@ def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
 
 def _atanh_of(x01: torch.Tensor) -> torch.Tensor:
     return torch.atanh((x01 * 2 - 1).clamp(-1 + 1e-6, 1 - 1e-6))
+
+
+def gaussian_kernel(size: int, sigma: float | None = None) -> torch.Tensor:
+    """A normalised 2-D Gaussian kernel [size,size] (sigma = size/4 by default)."""
+    sigma = sigma or size / 4.0
+    ax = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    g = torch.exp(-(ax**2) / (2 * sigma**2))
+    k = g[:, None] * g[None, :]
+    return k / k.sum()
+
+
+def smooth_gradient(grad: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Depthwise convolution of a [B,C,H,W] gradient with a [k,k] kernel (reflected borders)."""
+    C = grad.shape[1]
+    k = kernel.to(device=grad.device, dtype=grad.dtype).expand(C, 1, *kernel.shape)
+    pad = kernel.shape[-1] // 2
+    g = torch.nn.functional.pad(grad, (pad, pad, pad, pad), mode="reflect")
+    return torch.nn.functional.conv2d(g, k, groups=C)
+
+
+def diverse_input(x: torch.Tensor, amount: float, gen: torch.Generator) -> torch.Tensor:
+    """Shrink ``x`` by a random factor in [1 - amount, 1] and pad it back at a random offset."""
+    H, W = x.shape[-2:]
+    f = 1.0 - amount * float(torch.rand(1, generator=gen))
+    h, w = max(1, int(round(H * f))), max(1, int(round(W * f)))
+    if (h, w) == (H, W):
+        return x
+    small = torch.nn.functional.interpolate(x, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+    top = int(torch.randint(0, H - h + 1, (1,), generator=gen))
+    left = int(torch.randint(0, W - w + 1, (1,), generator=gen))
+    return torch.nn.functional.pad(small, (left, W - w - left, top, H - h - top), mode="replicate")
 
 
 def run(
@@ -156,36 +215,51 @@ def run(
     best_steps = torch.zeros(B, dtype=torch.long)
     best_restart = torch.zeros(B, dtype=torch.long)
 
+    lowres = int(cfg.lowres)
+    low_size = (max(1, x.shape[-2] // lowres), max(1, x.shape[-1] // lowres))
+    kernel = gaussian_kernel(int(cfg.ti_kernel)) if int(cfg.ti_kernel) else None
+
+    def to_delta(p: torch.Tensor) -> torch.Tensor:
+        """The full-resolution perturbation of the optimised variable (feasible)."""
+        if lowres > 1:
+            p = torch.nn.functional.interpolate(p, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return constrain(p)
+
     for r in range(int(cfg.restarts)):
-        if cfg.random_start:
-            delta = constrain(budget.random_start(x, generator=gen))
+        if lowres > 1:
+            p = budget.project(budget.random_start(x[..., : low_size[0], : low_size[1]], generator=gen)) if cfg.random_start else x.new_zeros(B, 3, *low_size)
+        elif cfg.random_start:
+            p = constrain(budget.random_start(x, generator=gen))
         else:
-            delta = torch.zeros_like(x)
-        x_adv = (x + delta).detach()
+            p = torch.zeros_like(x)
+        x_adv = (x + to_delta(p)).detach()
         active = torch.ones(B, dtype=torch.bool, device=device)
         steps_run = torch.zeros(B, dtype=torch.long)
         hist = torch.zeros(cfg.steps, B)
+        velocity = torch.zeros_like(p)
         if cfg.optimizer == "adam_tanh":
             w = _atanh_of(x_adv).requires_grad_(True)
             opt = torch.optim.Adam([w], lr=2 * cfg.step_size / 255.0)
 
         for i in range(cfg.steps):
             alpha = step_size_at(cfg, i)
-            grad = torch.zeros_like(x)
+            grad = torch.zeros_like(w if cfg.optimizer == "adam_tanh" else p)
             loss_sum = torch.zeros(B, device=device)
             for _ in range(int(cfg.grad_repeats)):
                 if cfg.optimizer == "adam_tanh":
+                    target = w
                     xa = (torch.tanh(w) + 1) / 2
-                    xin = xa
                 else:
-                    xa = x_adv.clone().requires_grad_(True)
-                    xin = xa
+                    target = p.detach().clone().requires_grad_(True)
+                    xa = x + to_delta(target) if lowres > 1 else x + target
+                xin = xa
                 if cfg.eot:
                     k = int(torch.randint(len(cfg.eot), (1,), generator=gen))
-                    xin = cfg.eot[k](xa, gen)
+                    xin = cfg.eot[k](xin, gen)
+                if float(cfg.diversity) > 0:
+                    xin = diverse_input(xin, float(cfg.diversity), gen)
                 loss = eval_loss(xin, i)
                 loss_sum += loss.detach()
-                target = w if cfg.optimizer == "adam_tanh" else xa
                 (g,) = torch.autograd.grad(loss.sum(), [target])
                 grad += g.detach()
             loss_now = loss_sum / cfg.grad_repeats
@@ -194,8 +268,15 @@ def run(
             grad = grad * act
             with torch.no_grad():
                 if cfg.optimizer == "sign":
+                    if kernel is not None:
+                        grad = smooth_gradient(grad, kernel)
+                    if float(cfg.momentum) > 0:
+                        scale = grad.abs().flatten(1).mean(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+                        velocity = float(cfg.momentum) * velocity + grad / scale
+                        grad = velocity * act
                     step = budget.direction(grad) * (alpha / 255.0) * sign
-                    x_adv = x + constrain(x_adv + step * act - x)
+                    p = budget.project(p + step * act) if lowres > 1 else constrain(p + step * act)
+                    x_adv = x + to_delta(p)
                 else:
                     opt.param_groups[0]["lr"] = 2 * alpha / 255.0
                     w.grad = -sign * grad  # Adam minimises

@@ -13,7 +13,10 @@ from typing import Any, Callable
 import torch
 
 #: Option names that configure the engine rather than the method's objective.
-ENGINE_OPTIONS = ("eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot")
+ENGINE_OPTIONS = (
+    "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
+    "momentum", "ti_kernel", "diversity", "lowres",
+)
 
 #: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
 COMMON_DEFAULTS = {
@@ -24,6 +27,11 @@ COMMON_DEFAULTS = {
     "grad_repeats": 1,
     "restarts": 1,
     "eot": (),  #: expectation over transformation: names from imguard.transforms.eot_names()
+    # transfer techniques (see imguard.engine): off by default; the strength presets set them
+    "momentum": 0.0,
+    "ti_kernel": 0,
+    "diversity": 0.0,
+    "lowres": 1,
 }
 
 
