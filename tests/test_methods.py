@@ -77,9 +77,13 @@ def test_facelock_schedule_switches_terms_on():
             calls.append("fr")
             return torch.ones(1)
 
-    ctx = {"ae": AE(), "z_clean": torch.zeros(1, 3, 4, 4), "x": torch.zeros(1, 3, 4, 4), "features": Probe("fe"),
-           "embedder": Emb(), "emb_clean": torch.ones(1, 2) / 2 ** 0.5,
-           "lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2, "fr_start": 0.35, "fe_start": 0.25}
+    from imguard.methods.facelock import FaceContext
+
+    ctx = FaceContext(
+        x=torch.zeros(1, 3, 4, 4), faces=[], embedder=Emb(), emb_clean=[torch.ones(1, 2) / 2 ** 0.5],
+        autoencoders=[AE()], z_clean=[torch.zeros(1, 3, 4, 4)], features=Probe("fe"),
+        opts={"lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2, "fr_start": 0.35, "fe_start": 0.25, "lambda_decoy": 0.0},
+    )
     x = torch.zeros(1, 3, 4, 4)
     for step, expect in [(0, []), (25, []), (26, ["fe"]), (35, ["fr", "fe"])]:
         calls.clear()

@@ -17,6 +17,7 @@ from .budget import Budget, quantize
 from .io import from_tensor, to_tensor
 from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
+from .presets import DEFAULT_STRENGTH, get_preset
 from .runtime import amp_dtype_for, resolve_device
 from .transforms import get_eot
 
@@ -42,13 +43,20 @@ class ProtectionResult:
     final_loss: list[float]
     seconds: float
     options: dict = field(default_factory=dict)
+    strength: str | None = None  #: the preset used, if any
+    #: per image: the protection check (:class:`imguard.check.ProtectionCheck`), or None when off
+    check: list | None = None
 
     def summary(self) -> str:
         ach = ", ".join(f"{a:.2f}" for a in self.achieved)
-        return (
-            f"{self.method}: eps={self.eps:g}/255 ({self.norm}), achieved {ach}/255, {self.steps} steps, "
+        text = (
+            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}), "
+            f"achieved {ach}/255, {self.steps} steps, "
             f"objective {self.initial_loss[0]:.4g} -> {self.final_loss[0]:.4g}, {self.seconds:.1f}s"
         )
+        if self.check:
+            text += "\n" + "\n".join(c.line() for c in self.check)
+        return text
 
 
 def working_shape(h: int, w: int, long_side: int | None) -> tuple[int, int]:
@@ -72,6 +80,11 @@ def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
+
+
+def _check_working_size(working_size: Any) -> None:
+    if working_size is not None and (not isinstance(working_size, int) or isinstance(working_size, bool) or working_size < 8):
+        raise ValueError(f"working_size must be a whole number of pixels >= 8 (the long side), or None for the native size; got {working_size!r}")
 
 
 def _mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
@@ -104,47 +117,93 @@ def _mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
 class Protector:
     """Loads models once and protects many images with them.
 
-    >>> p = imguard.Protector("facelock", vae="taesd:/path/taef2", face_model="sface")
-    >>> protected = p.protect(img, eps=8)        # same type as img
-    >>> result = p.protect(img, return_result=True); print(result.summary())
+    >>> p = imguard.Protector(strength="high")           # FaceLock against an ensemble, offline
+    >>> protected = p.protect(img)                        # same type as img
+    >>> result = p.protect(img, return_result=True); print(result.summary())   # incl. the check
 
-    ``models`` may be a :class:`~imguard.models.Models` to share loaded models between
-    protectors, or a dict of specs (``{"vae": ..., "face_model": ...}``); otherwise ``vae``,
-    ``face_model``, ``features`` and ``detector`` name them.
+    ``strength`` ("low", "medium", "high"; see :mod:`imguard.presets`) picks the surrogate
+    models, budget, steps and transfer techniques; ``vae``, ``face_model`` and method options
+    given explicitly override the preset's. ``method`` other than the preset's (e.g.
+    ``"photoguard"``) uses that method's own defaults. ``models`` may be a
+    :class:`~imguard.models.Models` to share loaded models between protectors, or a dict of
+    specs (``{"vae": ..., "face_model": ...}``). ``check`` (default True) adds the protection
+    check of :mod:`imguard.check` to every result.
     """
 
     def __init__(
         self,
-        method: str = DEFAULT_METHOD,
+        method: str | None = None,
         *,
+        strength: str | None = None,
         device: str | torch.device | None = None,
         models: Models | dict | None = None,
         vae: Any = None,
-        face_model: Any = "facenet",
-        features: Any = "auto",
+        face_model: Any = None,
+        face_weights: Sequence[float] | None = None,
+        features: Any = "ae",
         detector: Any = "mtcnn",
         precision: str = "auto",
         working_size: int | None = DEFAULT_WORKING_SIZE,
+        check: bool | str = True,
     ):
-        self.method = get_method(method).name
+        # a named method without a strength runs with that method's own (paper) defaults
+        if strength is None and method is None:
+            strength = DEFAULT_STRENGTH
+        self.strength = get_preset(strength).name if strength is not None else None
+        self.method = get_method(method or self._preset_method(self.strength)).name
         self.device = resolve_device(device)
         self.amp_dtype = amp_dtype_for(self.device, precision)
-        if models is None:
-            models = Models(vae=vae, face_model=face_model, features=features, detector=detector, device=self.device)
+        _check_working_size(working_size)
+        self._explicit = {"vae": vae, "face_model": face_model}
+        self._model_args = {"features": features, "detector": detector, "face_weights": face_weights}
+        self._models: dict[tuple, Models] = {}
+        if isinstance(models, Models):
+            self._fixed_models: Models | None = models
         elif isinstance(models, dict):
             unknown = set(models) - {"vae", "face_model", "features", "detector"}
             if unknown:
                 raise TypeError(f"unknown model keys {sorted(unknown)}; valid: vae, face_model, features, detector")
-            models = Models(device=self.device, **{"vae": vae, "face_model": face_model, "features": features, "detector": detector, **models})
-        self.models = models
+            self._explicit.update({k: v for k, v in models.items() if k in ("vae", "face_model")})
+            self._model_args.update({k: v for k, v in models.items() if k in ("features", "detector")})
+            self._fixed_models = None
+        else:
+            self._fixed_models = None
         self.working_size = working_size
+        self.check_enabled = check
+        self._checker = None
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _preset_method(strength: str | None) -> str:
+        return get_preset(strength).method if strength else DEFAULT_METHOD
+
+    def models_for(self, strength: str | None = None) -> Models:
+        """The (cached) models a protection at ``strength`` uses."""
+        if self._fixed_models is not None:
+            return self._fixed_models
+        preset = get_preset(strength) if strength else None
+        vae = self._explicit["vae"] if self._explicit["vae"] is not None else (preset.vae if preset else None)
+        face = self._explicit["face_model"] if self._explicit["face_model"] is not None else (preset.face_model if preset else None)
+        key = (_model_key(vae), _model_key(face))
+        if key not in self._models:
+            self._models[key] = Models(vae=vae, face_model=face, device=self.device, **self._model_args)
+            if self._models:  # share the detector between the protector's model sets
+                first = next(iter(self._models.values()))
+                if "detector" in first._cache:
+                    self._models[key]._cache["detector"] = first._cache["detector"]
+        return self._models[key]
+
+    @property
+    def models(self) -> Models:
+        """The models of the protector's own strength."""
+        return self.models_for(self.strength)
 
     def protect(
         self,
         image: Any,
         *,
         method: str | None = None,
+        strength: str | None = None,
         eps: float | None = None,
         steps: int | None = None,
         seed: int | None = None,
@@ -164,8 +223,18 @@ class Protector:
         :class:`ProtectionResult` carries the image and the measured budget.
         """
         t0 = time.perf_counter()
-        m = get_method(method or self.method)
-        opts = m.options(eps=eps, steps=steps, **method_options)
+        if strength is None:
+            strength = self.strength if method is None else None
+        preset = get_preset(strength) if strength else None
+        if method is None:
+            method = preset.method if preset else self.method
+        m = get_method(method)
+        preset_opts = dict(preset.options) if (preset and m.name == preset.method) else {}
+        if not preset_opts:
+            strength = None  # another method than the preset's: its own defaults
+        models = self.models_for(strength)
+        overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
+        opts = m.options(**{**preset_opts, **overrides})
         budget = Budget(opts["eps"], opts["norm"])
         cfg = engine.EngineConfig(
             steps=int(opts["steps"]),
@@ -198,7 +267,7 @@ class Protector:
             prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
             prep_opts["names"] = list(names) if names else None
             torch.manual_seed(seed)
-            ctx = m.prepare(x, self.models, prep_opts)
+            ctx = m.prepare(x, models, prep_opts)
             objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
 
             bar = None
@@ -237,6 +306,9 @@ class Protector:
             achieved = budget.measure(out - x_nat_dev)
             if not bool((achieved <= budget.eps + 1e-3).all()):
                 raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
+            checks = None
+            if return_result and self.check_enabled and "face" in m.needs:
+                checks = self._run_check(x, resize_image(out, size), models)
 
         result_image = from_tensor(out, info)
         if not return_result:
@@ -250,13 +322,25 @@ class Protector:
             steps=cfg.steps,
             seed=seed,
             working_size=tuple(size),
-            models=self.models.describe(),
+            models=models.describe(),
             loss_history=res.history,
             initial_loss=[float(v) for v in res.initial_loss.cpu()],
             final_loss=[float(v) for v in res.final_loss.cpu()],
             seconds=time.perf_counter() - t0,
             options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
+            strength=strength,
+            check=checks,
         )
+
+    def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
+        from .check import Checker
+
+        if self._checker is None:
+            judge = self.check_enabled if isinstance(self.check_enabled, str) else "auto"
+            self._checker = Checker(self.device, judge=judge, detector=models.detector if models.specs["detector"] == "mtcnn" else None)
+        if models.detector is None:  # no detector (tests): the check needs faces, skip it
+            return None
+        return self._checker.check(x_work, out_work, models.face, models.autoencoder)
 
     __call__ = protect
 
@@ -290,8 +374,9 @@ def _model_key(spec: Any) -> Any:
 
 def protect(
     image: Any,
-    method: str = DEFAULT_METHOD,
+    method: str | None = None,
     *,
+    strength: str | None = None,
     eps: float | None = None,
     steps: int | None = None,
     device: str | torch.device | None = None,
@@ -299,26 +384,32 @@ def protect(
     mask: Any = None,
     progress: bool = False,
     vae: Any = None,
-    face_model: Any = "facenet",
-    features: Any = "auto",
+    face_model: Any = None,
+    features: Any = "ae",
+    working_size: int | None = DEFAULT_WORKING_SIZE,
     return_result: bool = False,
     **method_options: Any,
 ):
     """Protect one image (or a batch tensor) against diffusion editing.
 
-    Returns the same type and size as ``image``. ``eps`` is in /255 pixel units (default:
-    the method's, see :func:`imguard.methods`). Models are loaded once and cached between
-    calls; for control over their lifetime use :class:`Protector`.
+    Returns the same type and size as ``image``. ``strength`` ("low", "medium" (the default
+    when no ``method`` is named), "high") picks surrogate models, budget and transfer techniques (:mod:`imguard.presets`);
+    ``eps`` (in /255 pixel units), ``steps``, models and method options override it.
+    Models are loaded once and cached between calls; for control over their lifetime use
+    :class:`Protector`. With ``return_result=True`` the :class:`ProtectionResult` carries the
+    measured budget and the protection check.
     """
     dev = resolve_device(device)
-    key = (str(dev), _model_key(vae), _model_key(face_model), _model_key(features))
+    key = (str(dev), _model_key(vae), _model_key(face_model), _model_key(features), working_size)
     with _DEFAULT_LOCK:
         p = _DEFAULT_PROTECTORS.get(key)
         if p is None:
-            p = Protector(method, device=dev, vae=vae, face_model=face_model, features=features)
+            p = Protector(device=dev, vae=vae, face_model=face_model, features=features, working_size=working_size)
             _DEFAULT_PROTECTORS[key] = p
+    if strength is None and method is None:
+        strength = DEFAULT_STRENGTH
     return p.protect(
-        image, method=method, eps=eps, steps=steps, seed=seed, mask=mask, progress=progress,
+        image, method=method, strength=strength, eps=eps, steps=steps, seed=seed, mask=mask, progress=progress,
         return_result=return_result, **method_options,
     )
 

@@ -5,23 +5,32 @@ from __future__ import annotations
 
 import torch
 
+from ..models import autoencoders_of
 from .base import Method, per_sample_mse, register, resize_like
 
+# With several autoencoders (an ensemble), each step attacks one member in turn: the cost of
+# one autoencoder per step, every member equally often.
 
-def _target_latent(x, models, opts):
-    ae = models.autoencoder
+
+def _member(ctx, step) -> int:
+    return step % len(ctx["aes"])
+
+
+def _latents(aes, img):
     with torch.no_grad():
-        return ae.encode(resize_like(opts["target"], x))
+        return [ae.encode(img) for ae in aes]
 
 
 # -- photoguard ---------------------------------------------------------------------------
 def _photoguard_prepare(x, models, opts):
-    return {"ae": models.autoencoder, "z_target": _target_latent(x, models, opts)}
+    aes = autoencoders_of(models.autoencoder)
+    return {"aes": aes, "z_target": _latents(aes, resize_like(opts["target"], x))}
 
 
 def _photoguard_objective(x_adv, ctx, step, steps):
-    z = ctx["ae"].encode(x_adv)
-    return (z.float() - ctx["z_target"].float()).flatten(1).norm(dim=1)
+    k = _member(ctx, step)
+    z = ctx["aes"][k].encode(x_adv)
+    return (z.float() - ctx["z_target"][k].float()).flatten(1).norm(dim=1)
 
 
 register(Method(
@@ -38,14 +47,13 @@ register(Method(
 
 # -- encoder (untargeted) -------------------------------------------------------------------
 def _clean_latent_prepare(x, models, opts):
-    ae = models.autoencoder
-    with torch.no_grad():
-        z = ae.encode(x)
-    return {"ae": ae, "z_clean": z, "x": x}
+    aes = autoencoders_of(models.autoencoder)
+    return {"aes": aes, "z_clean": _latents(aes, x), "x": x}
 
 
 def _encoder_objective(x_adv, ctx, step, steps):
-    return per_sample_mse(ctx["ae"].encode(x_adv), ctx["z_clean"])
+    k = _member(ctx, step)
+    return per_sample_mse(ctx["aes"][k].encode(x_adv), ctx["z_clean"][k])
 
 
 # FaceLock's budget: 0.03 and step 0.01 in [-1,1] units = 3.825/255 and 1.275/255, 100 steps,
@@ -66,11 +74,11 @@ register(Method(
 
 # -- vae ----------------------------------------------------------------------------------
 def _vae_prepare(x, models, opts):
-    return {"ae": models.autoencoder, "x_target": resize_like(opts["target"], x)}
+    return {"aes": autoencoders_of(models.autoencoder), "x_target": resize_like(opts["target"], x)}
 
 
 def _vae_objective(x_adv, ctx, step, steps):
-    ae = ctx["ae"]
+    ae = ctx["aes"][_member(ctx, step)]
     return per_sample_mse(ae.decode(ae.encode(x_adv)), ctx["x_target"])
 
 
@@ -87,7 +95,8 @@ register(Method(
 # -- cw_l2 --------------------------------------------------------------------------------
 def _cw_objective(x_adv, ctx, step, steps):
     pixel = (x_adv.float() - ctx["x"].float()).pow(2).flatten(1).sum(dim=1)
-    latent = (ctx["ae"].encode(x_adv).float() - ctx["z_clean"].float()).pow(2).flatten(1).sum(dim=1)
+    k = _member(ctx, step)
+    latent = (ctx["aes"][k].encode(x_adv).float() - ctx["z_clean"][k].float()).pow(2).flatten(1).sum(dim=1)
     return pixel - ctx["c"] * latent
 
 

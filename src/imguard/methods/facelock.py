@@ -5,11 +5,22 @@ FaceLock maximises, through the autoencoder's round trip D(E(x')):
     -cos(FR(D(E(x'))), FR(x)) * [step >= fr_start*steps]
     + lambda_fe * F(D(E(x')), x) * [step > fe_start*steps]
     + lambda_l * ||E(x') - E(x)||^2
+    + lambda_decoy * cos(FR(D(E(x'))), FR(decoy))          (imguard's addition, off by default)
 
 with FR a face recognizer on aligned faces (alignment found once on the clean image), F a
 perceptual feature distance (LPIPS, or the autoencoder's own multi-layer features) and the
 latent term a per-element mean squared error. The switches at 35% and 25% of the steps are
 those of the authors' code.
+
+Ensembles: FR may be several recognizers (their cosines averaged with normalised weights, see
+:class:`~imguard.models.FaceEmbedder`); the autoencoder may be several too: with
+``ae_mode="cycle"`` (default) each step uses one member in turn (the cost of one), with
+``"mean"`` every member every step.
+
+The decoy term pulls the identity toward another one as well as away from the source:
+``decoy="batch"`` uses the next face of the batch (a batch of one falls back to ``random``),
+``"random"`` a random unit direction orthogonal to the source embedding, or an image (a face
+to look like: PIL, array, tensor or path).
 
 Ablations (the paper's Table 2):
 ``cvl``     -cos(FR(x'), FR(x)): the recognizer on the protected image itself
@@ -19,66 +30,125 @@ Ablations (the paper's Table 2):
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 
 from ..models import FaceEmbedder, autoencoders_of, find_faces
-from .base import Method, per_sample_mse, register
+from .base import Method, per_sample_mse, register, resize_like
 from .encoder_attacks import FACELOCK_BUDGET
 
-
-def _face_box_mask(faces, x: torch.Tensor) -> torch.Tensor:
-    B, _, H, W = x.shape
-    mask = torch.zeros(B, 1, H, W, device=x.device)
-    for i, f in enumerate(faces):
-        x0, y0, x1, y1 = [int(round(float(v))) for v in f.box]
-        mask[i, :, max(y0, 0):max(min(y1, H), 0), max(x0, 0):max(min(x1, W), 0)] = 1.0
-    return mask
+AE_MODES = ("cycle", "mean")
 
 
-def _face_context(x, models, opts) -> dict:
-    if getattr(models.face, "differentiable", True) is False:
+@dataclass
+class FaceContext:
+    """What the face methods compute once on the clean batch."""
+
+    x: torch.Tensor
+    faces: list
+    embedder: FaceEmbedder
+    emb_clean: list  #: one [B,D_i] per recognizer member
+    autoencoders: list = field(default_factory=list)
+    z_clean: list = field(default_factory=list)  #: one latent per autoencoder
+    features: Any = None
+    emb_decoy: list | None = None
+    box: torch.Tensor | None = None
+    opts: dict = field(default_factory=dict)
+
+    def cos_to_clean(self, img: torch.Tensor) -> torch.Tensor:
+        return self.embedder.similarity(img, self.emb_clean)
+
+    def round_trips(self, x_adv: torch.Tensor, step: int):
+        """(member index, latent, reconstruction) for the autoencoders this step uses."""
+        n = len(self.autoencoders)
+        idx = range(n) if self.opts.get("ae_mode", "cycle") == "mean" or n == 1 else [step % n]
+        for k in idx:
+            ae = self.autoencoders[k]
+            z = ae.encode(x_adv)
+            yield k, z, ae.decode(z)
+
+
+def _check_differentiable(face) -> None:
+    if getattr(face, "differentiable", True) is False:
         raise ValueError(
-            f"face model {getattr(models.face, 'name', '?')!r} is evaluation-only (no gradients); "
-            "protect against a differentiable recognizer (facenet, sface) and judge with this one"
+            f"face model {getattr(face, 'name', '?')!r} is evaluation-only (no gradients); "
+            "protect against differentiable recognizers (sface, facenet, mobilefacenet, faceres) and judge with this one"
         )
+
+
+def _synthetic_decoys(ctx: FaceContext, decoy: str) -> list:
+    """Decoy embeddings per member: the next face of the batch, or random orthogonal directions."""
+    B = ctx.x.shape[0]
+    if decoy == "batch" and B > 1:
+        return [e.roll(1, dims=0) for e in ctx.emb_clean]
+    out = []
+    for e in ctx.emb_clean:
+        r = torch.randn(e.shape, device=e.device)  # drawn under the engine's seeded torch RNG
+        r = r - (r * e).sum(1, keepdim=True) * e  # orthogonal to the source identity
+        out.append(F.normalize(r, dim=1))
+    return out
+
+
+def _image_decoys(ctx: FaceContext, models, decoy: Any) -> list:
+    """Decoy embeddings per member from a face image (PIL, array, tensor or path)."""
+    from ..io import read_image, to_tensor
+
+    img, _ = to_tensor(read_image(decoy) if isinstance(decoy, str) else decoy)
+    img = resize_like(img[:1], ctx.x[:1])
+    dfaces = find_faces(img, models.detector, names=["the decoy image"])
+    with torch.no_grad():
+        emb = FaceEmbedder(models.face, dfaces).embed_all(img)
+    return [e.expand(ctx.x.shape[0], -1) for e in emb]
+
+
+def _face_context(x, models, opts) -> FaceContext:
+    _check_differentiable(models.face)
     faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", False)), names=opts.get("names"))
     embedder = FaceEmbedder(models.face, faces)
     with torch.no_grad():
         emb = embedder.embed_all(x)
-    return {"x": x, "faces": faces, "embedder": embedder, "emb_clean": emb}
+    return FaceContext(x=x, faces=faces, embedder=embedder, emb_clean=emb, opts=opts)
 
 
-def _cos_to_clean(img, ctx):
-    return ctx["embedder"].similarity(img, ctx["emb_clean"])
-
-
-def _facelock_prepare(x, models, opts):
-    ctx = _face_context(x, models, opts)
-    ae = models.autoencoder
+def _with_autoencoders(ctx: FaceContext, models) -> FaceContext:
+    mode = ctx.opts.get("ae_mode", "cycle")
+    if mode not in AE_MODES:
+        raise ValueError(f"unknown ae_mode {mode!r}; valid: {', '.join(AE_MODES)}")
+    ctx.autoencoders = autoencoders_of(models.autoencoder)
     with torch.no_grad():
-        ctx["z_clean"] = ae.encode(x)
-    ctx.update(
-        ae=ae,
-        features=models.features if float(opts["lambda_fe"]) != 0 else None,
-        lambda_fr=float(opts["lambda_fr"]),
-        lambda_fe=float(opts["lambda_fe"]),
-        lambda_l=float(opts["lambda_l"]),
-        fr_start=float(opts["fr_start"]),
-        fe_start=float(opts["fe_start"]),
-    )
+        ctx.z_clean = [ae.encode(ctx.x) for ae in ctx.autoencoders]
     return ctx
 
 
-def _facelock_objective(x_adv, ctx, step, steps):
-    ae = ctx["ae"]
-    z = ae.encode(x_adv)
-    recon = ae.decode(z)
-    loss = ctx["lambda_l"] * per_sample_mse(z, ctx["z_clean"])
-    if step >= ctx["fr_start"] * steps and ctx["lambda_fr"]:
-        loss = loss - ctx["lambda_fr"] * _cos_to_clean(recon, ctx)
-    if step > ctx["fe_start"] * steps and ctx["features"] is not None:
-        loss = loss + ctx["lambda_fe"] * ctx["features"](recon, ctx["x"]).float()
-    return loss
+def _facelock_prepare(x, models, opts):
+    ctx = _with_autoencoders(_face_context(x, models, opts), models)
+    if float(opts["lambda_fe"]) != 0:
+        ctx.features = models.features
+    if float(opts.get("lambda_decoy", 0.0)) != 0:
+        decoy = opts.get("decoy", "batch")
+        synthetic = isinstance(decoy, str) and decoy in ("batch", "random")
+        ctx.emb_decoy = _synthetic_decoys(ctx, decoy) if synthetic else _image_decoys(ctx, models, decoy)
+    return ctx
+
+
+def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
+    o = ctx.opts
+    total = 0.0
+    n = 0
+    for k, z, recon in ctx.round_trips(x_adv, step):
+        loss = float(o["lambda_l"]) * per_sample_mse(z, ctx.z_clean[k])
+        if step >= float(o["fr_start"]) * steps and float(o["lambda_fr"]):
+            loss = loss - float(o["lambda_fr"]) * ctx.cos_to_clean(recon)
+            if ctx.emb_decoy is not None:
+                loss = loss + float(o["lambda_decoy"]) * ctx.embedder.similarity(recon, ctx.emb_decoy)
+        if step > float(o["fe_start"]) * steps and ctx.features is not None:
+            loss = loss + float(o["lambda_fe"]) * ctx.features(recon, ctx.x).float()
+        total = total + loss
+        n += 1
+    return total / n
 
 
 register(Method(
@@ -91,14 +161,15 @@ register(Method(
         **FACELOCK_BUDGET,
         "lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2,
         "fr_start": 0.35, "fe_start": 0.25, "require_face": False,
+        "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle",
     },
     needs=("autoencoder", "face", "features"),
 ))
 
 
 # -- ablations ----------------------------------------------------------------------------
-def _cvl_objective(x_adv, ctx, step, steps):
-    return -_cos_to_clean(x_adv, ctx)
+def _cvl_objective(x_adv, ctx: FaceContext, step, steps):
+    return -ctx.cos_to_clean(x_adv)
 
 
 register(Method(
@@ -112,22 +183,32 @@ register(Method(
 ))
 
 
+def _face_box_mask(faces, x: torch.Tensor) -> torch.Tensor:
+    B, _, H, W = x.shape
+    mask = torch.zeros(B, 1, H, W, device=x.device)
+    for i, f in enumerate(faces):
+        x0, y0, x1, y1 = [int(round(float(v))) for v in f.box]
+        mask[i, :, max(y0, 0):max(min(y1, H), 0), max(x0, 0):max(min(x1, W), 0)] = 1.0
+    return mask
+
+
 def _cvl_d_prepare(x, models, opts):
-    ctx = _face_context(x, models, opts)
-    ctx["ae"] = models.autoencoder
-    ctx["box"] = _face_box_mask(ctx["faces"], x)
-    ctx["lambda_p"] = float(opts.get("lambda_p", 0.0))
+    ctx = _with_autoencoders(_face_context(x, models, opts), models)
+    ctx.box = _face_box_mask(ctx.faces, x)
     return ctx
 
 
-def _cvl_d_objective(x_adv, ctx, step, steps):
-    recon = ctx["ae"].decode(ctx["ae"].encode(x_adv))
-    loss = -_cos_to_clean(recon, ctx)
-    if ctx["lambda_p"]:
-        box = ctx["box"]
-        area = box.flatten(1).sum(1).clamp_min(1.0) * 3
-        loss = loss + ctx["lambda_p"] * ((recon.float() - ctx["x"]) * box).pow(2).flatten(1).sum(1) / area
-    return loss
+def _cvl_d_objective(x_adv, ctx: FaceContext, step, steps):
+    lambda_p = float(ctx.opts.get("lambda_p", 0.0))
+    total, n = 0.0, 0
+    for _, _, recon in ctx.round_trips(x_adv, step):
+        loss = -ctx.cos_to_clean(recon)
+        if lambda_p:
+            box = ctx.box
+            area = box.flatten(1).sum(1).clamp_min(1.0) * 3
+            loss = loss + lambda_p * ((recon.float() - ctx.x) * box).pow(2).flatten(1).sum(1) / area
+        total, n = total + loss, n + 1
+    return total / n
 
 
 register(Method(
@@ -136,7 +217,7 @@ register(Method(
     maximize=True,
     prepare=_cvl_d_prepare,
     objective=_cvl_d_objective,
-    defaults={**FACELOCK_BUDGET, "require_face": False},
+    defaults={**FACELOCK_BUDGET, "require_face": False, "ae_mode": "cycle"},
     needs=("autoencoder", "face"),
 ))
 
@@ -146,6 +227,6 @@ register(Method(
     maximize=True,
     prepare=_cvl_d_prepare,
     objective=_cvl_d_objective,
-    defaults={**FACELOCK_BUDGET, "require_face": False, "lambda_p": 1.0},
+    defaults={**FACELOCK_BUDGET, "require_face": False, "lambda_p": 1.0, "ae_mode": "cycle"},
     needs=("autoencoder", "face"),
 ))
