@@ -1,0 +1,221 @@
+"""Leave-one-out transfer: does protection hold for recognizers and autoencoders it never saw?
+
+    python benchmarks/transfer.py --faces ../shared/assets/faces/wild --out bench/transfer \
+        --configs facelock-sface-taef2,low,medium,high --size 256 --seed 0
+
+For every configuration (a strength preset, or a plain method against named models), each
+face is protected once; then each protected face goes through every *condition* (a round
+trip through TAESD (SD 1.x latent space) or TAEF2 (FLUX.2 space), each after nothing,
+JPEG 75/90, resize 0.5 or blur) and every *judge* (sface, facenet, mobilefacenet, faceres,
+dlib) compares it with the clean face. A judge the configuration attacked is labelled
+"attacked"; the headline numbers use only judges it did not attack. "identity lost" = the
+judge's cosine similarity to the clean face is below its threshold, or no face is found.
+
+Configurations:
+  low / medium / high                  the strength presets (imguard.presets)
+  METHOD-FACES-VAES                    e.g. facelock-sface-taef2: that method at its own
+                                       defaults against those models ('+' joins an ensemble:
+                                       facelock-sface+facenet-taesd)
+  NAME@key=value@key=value             any of the above with options overridden, e.g.
+                                       medium@momentum=0@diversity=0 (technique ablations)
+
+Writes report.json (every number) and report.md; prints the Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import imguard  # noqa: E402
+from imguard.io import read_image, to_tensor  # noqa: E402
+from imguard.metrics import IdentityMetric, psnr, ssim  # noqa: E402
+from imguard.models import FaceDetector, load_autoencoder, load_face_recognizer  # noqa: E402
+from imguard.presets import PRESETS  # noqa: E402
+from imguard.transforms import get_purification  # noqa: E402
+
+JUDGES = ("sface", "facenet", "mobilefacenet", "faceres", "dlib")
+AUTOENCODERS = ("taesd", "taef2")
+PURIFICATIONS = ("none", "jpeg75", "jpeg90", "resize0.5", "blur")
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def parse_config(text: str) -> dict:
+    """A configuration name -> {label, strength, method, face_model, vae, options}."""
+    base, *overrides = text.split("@")
+    opts = dict(kv.split("=", 1) for kv in overrides)
+    opts = {k: _value(v) for k, v in opts.items()}
+    if base in PRESETS:
+        p = PRESETS[base]
+        return {"label": text, "strength": base, "method": p.method, "face_model": p.face_model, "vae": p.vae, "options": opts}
+    method, faces, vaes = base.split("-", 2)
+    return {"label": text, "strength": None, "method": method, "face_model": faces.replace("+", ","),
+            "vae": vaes.replace("+", ","), "options": opts}
+
+
+def load_faces(folders: list[Path], size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
+    paths = []
+    for f in folders:
+        paths += sorted(f.glob("**/*.png")) + sorted(f.glob("**/*.jpg"))
+    if limit:
+        paths = paths[:limit]
+    if not paths:
+        raise SystemExit(f"no faces under {folders}")
+    xs = [torch.nn.functional.interpolate(to_tensor(read_image(p))[0], size=(size, size), mode="bilinear", antialias=True) for p in paths]
+    return [p.stem for p in paths], ((torch.cat(xs) * 255).round() / 255)
+
+
+def attacked_names(spec: str) -> set[str]:
+    return {s.strip().split(":")[0] for s in spec.split(",")}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faces", nargs="+", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--configs", default="facelock-sface-taef2,low,medium,high")
+    ap.add_argument("--size", type=int, default=256, help="faces are resized to SIZE x SIZE (the working size)")
+    ap.add_argument("--steps", type=int, default=None, help="override every configuration's steps")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N faces")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--judges", default=",".join(JUDGES))
+    ap.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
+                    help="local weights for a recognizer (e.g. facenet=/path/facenet_keras_2024.h5); else the model cache")
+    args = ap.parse_args(argv)
+
+    dev = torch.device(args.device) if args.device else imguard.runtime.resolve_device(None)
+    paths = dict(kv.split("=", 1) for kv in args.model_path)
+
+    def spec(name: str) -> str:
+        return f"{name}:{paths[name]}" if name in paths else name
+
+    def specs(text: str) -> str:
+        return ",".join(spec(s.strip()) for s in text.split(","))
+
+    stems, x = load_faces(args.faces, args.size, args.limit)
+    detector = FaceDetector(dev)
+    judges = {}
+    for j in args.judges.split(","):
+        try:
+            judges[j] = IdentityMetric(load_face_recognizer(spec(j), dev), detector)
+        except Exception as e:  # noqa: BLE001 - a judge that cannot load is reported, not fatal
+            print(f"judge {j} unavailable: {e}", file=sys.stderr)
+    aes = {a: load_autoencoder(a, dev) for a in AUTOENCODERS}
+    with torch.no_grad():
+        refs = {j: m.embed(x.to(dev))[0] for j, m in judges.items()}
+
+    def conditions(img: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = {"protected": img}
+        for a, ae in aes.items():
+            for pname in PURIFICATIONS:
+                y = get_purification(pname)(img) if pname != "none" else img
+                with torch.no_grad():
+                    out[f"{pname}->{a}"] = ae.decode(ae.encode(y.to(dev))).clamp(0, 1).cpu()
+        return out
+
+    def judge_all(cond_imgs: dict, attacked: set[str]) -> list[dict]:
+        rows = []
+        for cname, img in cond_imgs.items():
+            for j, metric in judges.items():
+                sim, _ = metric.similarity(refs[j], img.to(dev))
+                lost = metric.identity_lost(sim.cpu())
+                rows.append({"condition": cname, "judge": j, "judge_attacked": j in attacked,
+                             "similarity": [None if s != s else round(float(s), 4) for s in sim.tolist()],
+                             "lost": [bool(v) for v in lost.tolist()]})
+        return rows
+
+    report = {"meta": {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+                       "device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "platform": platform.platform(), "faces": stems, "size": args.size, "seed": args.seed,
+                       "thresholds": {j: m.threshold for j, m in judges.items()}},
+              "clean": judge_all(conditions(x), set()), "configs": []}
+    for text in args.configs.split(","):
+        cfg = parse_config(text)
+        attacked = attacked_names(cfg["face_model"])
+        p = imguard.Protector(cfg["method"], strength=cfg["strength"], device=dev, vae=cfg["vae"],
+                              face_model=specs(cfg["face_model"]), working_size=args.size, check=False)
+        opts = dict(cfg["options"])
+        if args.steps:
+            opts["steps"] = args.steps
+        t0 = time.perf_counter()
+        outs = []
+        for i in range(x.shape[0]):
+            res = p.protect(x[i : i + 1], seed=args.seed, return_result=True, names=[stems[i]], **opts)
+            outs.append(res.image)
+            print(f"[{text}] {stems[i]}: {res.summary().splitlines()[0]}", flush=True)
+        xp = torch.cat(outs)
+        secs = (time.perf_counter() - t0) / x.shape[0]
+        entry = {"config": cfg, "attacked_face_models": sorted(attacked), "attacked_vaes": cfg["vae"].split(","),
+                 "effective_options": {k: v for k, v in res.options.items()}, "seconds_per_image": round(secs, 2),
+                 "psnr": round(float(psnr(x, xp).mean()), 2), "ssim": round(float(ssim(x, xp).mean()), 4),
+                 "linf_255": round(float((xp - x).abs().max() * 255), 2), "rows": judge_all(conditions(xp), attacked)}
+        report["configs"].append(entry)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    md = to_markdown(report)
+    (args.out / "report.md").write_text(md)
+    print(md)
+    return 0
+
+
+def _pct(rows: list[dict], condition: str, judges: list[str]) -> str:
+    lost, n = 0, 0
+    for r in rows:
+        if r["condition"] == condition and r["judge"] in judges:
+            lost += sum(r["lost"])
+            n += len(r["lost"])
+    return f"{100 * lost / n:.0f}%" if n else "-"
+
+
+def to_markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [f"Faces: {len(meta['faces'])} at {meta['size']} px; seed {meta['seed']}; device {meta['device']}; "
+             f"command: `{meta['command']}`", ""]
+    conds = ["none->taesd", "jpeg75->taesd", "jpeg90->taesd", "resize0.5->taesd", "blur->taesd", "none->taef2", "jpeg75->taef2"]
+    lines.append("Identity lost (% of face x judge pairs), judged only by recognizers the configuration did NOT attack:")
+    lines.append("")
+    lines.append("| config | attacked (recognizers / autoencoders) | unseen judges | " + " | ".join(conds) + " | PSNR | SSIM | s/image |")
+    lines.append("|" + " --- |" * (len(conds) + 6))
+    all_judges = list(meta["thresholds"])
+    clean_row = ["clean (no protection)", "-", ", ".join(all_judges)] + [_pct(report["clean"], c, all_judges) for c in conds] + ["-", "-", "-"]
+    lines.append("| " + " | ".join(clean_row) + " |")
+    for e in report["configs"]:
+        unseen = [j for j in all_judges if j not in e["attacked_face_models"]]
+        cells = [e["config"]["label"], f"{'+'.join(e['attacked_face_models'])} / {'+'.join(e['attacked_vaes'])}", ", ".join(unseen)]
+        cells += [_pct(e["rows"], c, unseen) for c in conds]
+        cells += [f"{e['psnr']:.1f}", f"{e['ssim']:.3f}", f"{e['seconds_per_image']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Per judge (none->taesd / jpeg75->taesd / none->taef2), '*' = attacked by that configuration:", ""]
+    lines.append("| config | " + " | ".join(all_judges) + " |")
+    lines.append("|" + " --- |" * (len(all_judges) + 1))
+    for e in report["configs"]:
+        cells = [e["config"]["label"]]
+        for j in all_judges:
+            star = "*" if j in e["attacked_face_models"] else ""
+            cells.append(f"{_pct(e['rows'], 'none->taesd', [j])} / {_pct(e['rows'], 'jpeg75->taesd', [j])} / {_pct(e['rows'], 'none->taef2', [j])}{star}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
