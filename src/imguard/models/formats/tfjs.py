@@ -225,7 +225,7 @@ _TENSOR_FIELDS = ("key", "weight", "bias", "scale", "shift")
 _BINARY = {"Add": "add", "AddV2": "add", "Sub": "sub", "Mul": "mul", "RealDiv": "div", "Maximum": "maximum", "Minimum": "minimum"}
 _UNARY = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Rsqrt": "rsqrt", "Square": "square"}
 _REDUCE = {"Mean": "mean", "Sum": "sum", "Max": "max", "Min": "min"}
-_IDENTITY = {"Identity", "StopGradient", "Snapshot", "NoOp"}
+_IDENTITY = {"Identity", "StopGradient", "Snapshot"}
 
 
 class _Lowering:
@@ -353,8 +353,10 @@ class _Lowering:
         st = _attr(node, "strides", [1, 1, 1, 1])
         if ks[0] != 1 or ks[3] != 1 or st[0] != 1 or st[3] != 1:
             raise ValueError(f"{node['name']}: pooling over batch or channels is not supported")
-        self.emit(node["name"], "pool", inputs[:1], fn=fn, ksize=[ks[1], ks[2]], stride=[st[1], st[2]],
-                  pad=_attr(node, "padding", "VALID"))
+        pad = _attr(node, "padding", "VALID")
+        if pad not in ("SAME", "VALID"):
+            raise ValueError(f"{node['name']}: pooling with {pad!r} padding is not supported")
+        self.emit(node["name"], "pool", inputs[:1], fn=fn, ksize=[ks[1], ks[2]], stride=[st[1], st[2]], pad=pad)
 
     # one TF node -------------------------------------------------------------------------
     def lower(self, node: Mapping[str, Any]) -> None:
