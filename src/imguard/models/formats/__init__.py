@@ -1,0 +1,1 @@
+"""Readers of foreign weight files into torch modules."""
