@@ -17,7 +17,8 @@ Configurations:
                                        defaults against those models ('+' joins an ensemble:
                                        facelock-sface+facenet-taesd)
   NAME@key=value@key=value             any of the above with options overridden, e.g.
-                                       medium@momentum=0@diversity=0 (technique ablations)
+                                       medium@momentum=0@diversity=0 (technique ablations;
+                                       '+' joins EOT transforms: @eot=jpeg+identity)
 
 Writes report.json (every number) and report.md; prints the Markdown table.
 """
@@ -40,8 +41,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 import imguard  # noqa: E402
 from imguard.io import read_image, to_tensor  # noqa: E402
-from imguard.metrics import IdentityMetric, psnr, ssim  # noqa: E402
-from imguard.models import FaceDetector, load_autoencoder, load_face_recognizer  # noqa: E402
+from imguard.metrics import psnr, ssim  # noqa: E402
+from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.presets import PRESETS  # noqa: E402
 from imguard.transforms import get_purification  # noqa: E402
 
@@ -63,7 +64,7 @@ def parse_config(text: str) -> dict:
     """A configuration name -> {label, strength, method, face_model, vae, options}."""
     base, *overrides = text.split("@")
     opts = dict(kv.split("=", 1) for kv in overrides)
-    opts = {k: _value(v) for k, v in opts.items()}
+    opts = {k: (v.replace("+", ",") if k == "eot" else _value(v)) for k, v in opts.items()}
     if base in PRESETS:
         p = PRESETS[base]
         return {"label": text, "strength": base, "method": p.method, "face_model": p.face_model, "vae": p.vae, "options": opts}
@@ -75,7 +76,7 @@ def parse_config(text: str) -> dict:
 def load_faces(folders: list[Path], size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
     paths = []
     for f in folders:
-        paths += sorted(f.glob("**/*.png")) + sorted(f.glob("**/*.jpg"))
+        paths += [f] if f.is_file() else sorted(f.glob("**/*.png")) + sorted(f.glob("**/*.jpg"))
     if limit:
         paths = paths[:limit]
     if not paths:
@@ -117,17 +118,32 @@ def main(argv=None) -> int:
     judges = {}
     for j in args.judges.split(","):
         try:
-            judges[j] = IdentityMetric(load_face_recognizer(spec(j), dev), detector)
+            judges[j] = load_face_recognizer(spec(j), dev)
         except Exception as e:  # noqa: BLE001 - a judge that cannot load is reported, not fatal
             print(f"judge {j} unavailable: {e}", file=sys.stderr)
     aes = {a: load_autoencoder(a, dev) for a in AUTOENCODERS}
-    with torch.no_grad():
-        refs = {j: m.embed(x.to(dev))[0] for j, m in judges.items()}
+
+    @torch.no_grad()
+    def embed_all(img: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Faces detected once per image, then every judge: {judge: [B,D] with NaN rows where no face}."""
+        dets = detector.detect(img.to(dev))
+        idx = [i for i, d in enumerate(dets) if d is not None]
+        out = {}
+        for j, rec in judges.items():
+            e = torch.full((img.shape[0], 1), float("nan"))
+            if idx:
+                emb = FaceEmbedder(rec, [dets[i] for i in idx]).embed_all(img[idx].to(dev))[0].float().cpu()
+                e = torch.full((img.shape[0], emb.shape[1]), float("nan"))
+                e[idx] = emb
+            out[j] = e
+        return out
+
+    refs = embed_all(x)
 
     def conditions(img: torch.Tensor) -> dict[str, torch.Tensor]:
         out = {"protected": img}
         for a, ae in aes.items():
-            for pname in PURIFICATIONS:
+            for pname in PURIFICATIONS if a == "taesd" else ("none", "jpeg75"):
                 y = get_purification(pname)(img) if pname != "none" else img
                 with torch.no_grad():
                     out[f"{pname}->{a}"] = ae.decode(ae.encode(y.to(dev))).clamp(0, 1).cpu()
@@ -136,18 +152,21 @@ def main(argv=None) -> int:
     def judge_all(cond_imgs: dict, attacked: set[str]) -> list[dict]:
         rows = []
         for cname, img in cond_imgs.items():
-            for j, metric in judges.items():
-                sim, _ = metric.similarity(refs[j], img.to(dev))
-                lost = metric.identity_lost(sim.cpu())
+            embs = embed_all(img)
+            for j, rec in judges.items():
+                e, r = embs[j], refs[j]
+                sim = (e * r).sum(1) if e.shape[1] == r.shape[1] else torch.full((img.shape[0],), float("nan"))
+                lost = torch.isnan(sim) | (sim < float(rec.threshold))
+                valid = ~torch.isnan(r[:, 0])  # faces with no face found in the clean original are left out
                 rows.append({"condition": cname, "judge": j, "judge_attacked": j in attacked,
                              "similarity": [None if s != s else round(float(s), 4) for s in sim.tolist()],
-                             "lost": [bool(v) for v in lost.tolist()]})
+                             "lost": [bool(v) if ok else None for v, ok in zip(lost.tolist(), valid.tolist())]})
         return rows
 
     report = {"meta": {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
                        "device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
                        "platform": platform.platform(), "faces": stems, "size": args.size, "seed": args.seed,
-                       "thresholds": {j: m.threshold for j, m in judges.items()}},
+                       "thresholds": {j: float(m.threshold) for j, m in judges.items()}},
               "clean": judge_all(conditions(x), set()), "configs": []}
     for text in args.configs.split(","):
         cfg = parse_config(text)
@@ -182,8 +201,9 @@ def _pct(rows: list[dict], condition: str, judges: list[str]) -> str:
     lost, n = 0, 0
     for r in rows:
         if r["condition"] == condition and r["judge"] in judges:
-            lost += sum(r["lost"])
-            n += len(r["lost"])
+            vals = [v for v in r["lost"] if v is not None]
+            lost += sum(vals)
+            n += len(vals)
     return f"{100 * lost / n:.0f}%" if n else "-"
 
 
@@ -215,6 +235,11 @@ def to_markdown(report: dict) -> str:
             cells.append(f"{_pct(e['rows'], 'none->taesd', [j])} / {_pct(e['rows'], 'jpeg75->taesd', [j])} / {_pct(e['rows'], 'none->taef2', [j])}{star}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def markdown_from(path: Path) -> str:
+    """The Markdown tables of a saved report.json (also of a run that stopped early)."""
+    return to_markdown(json.loads(Path(path).read_text()))
 
 
 if __name__ == "__main__":
