@@ -17,6 +17,7 @@ from .budget import Budget, quantize
 from .io import from_tensor, to_tensor
 from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
+from .photo import BIG_PHOTO_FACTOR
 from .presets import DEFAULT_STRENGTH, get_preset
 from .runtime import amp_dtype_for, resolve_device
 from .transforms import get_eot
@@ -44,6 +45,8 @@ class ProtectionResult:
     seconds: float
     options: dict = field(default_factory=dict)
     strength: str | None = None  #: the preset used, if any
+    #: faces first (big photos): per face region, its box (native pixels), working size and check
+    faces: list | None = None
     #: per image: the protection check (:class:`imguard.check.ProtectionCheck`), or None when off
     check: list | None = None
 
@@ -213,6 +216,8 @@ class Protector:
         early_stop: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
         return_result: bool = False,
         names: Sequence[str] | None = None,
+        faces_first: bool | str = "auto",
+        rest: str = "protect",
         **method_options: Any,
     ):
         """Protect ``image`` (PIL, ndarray, tensor or file path); returns the same type and size.
@@ -221,7 +226,26 @@ class Protector:
         method's (see :func:`imguard.methods`). ``early_stop(x_adv, loss, step) -> bool[B]``
         freezes the images it marks as done (at the working size). With ``return_result=True`` a
         :class:`ProtectionResult` carries the image and the measured budget.
+
+        ``faces_first`` ("auto": for a single photo larger than the working size, with a
+        face method): every face region is protected at its own working size and blended into
+        the photo (see :mod:`imguard.photo`); the rest of the photo is protected as a whole
+        (``rest="protect"``) or left as it is (``rest="keep"``).
         """
+        if rest not in ("protect", "keep"):
+            raise ValueError(f"rest must be 'protect' or 'keep', got {rest!r}")
+        if faces_first not in (True, False, "auto"):
+            raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
+        call = dict(method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress,
+                    callback=callback, early_stop=early_stop, names=names, **method_options)
+        if faces_first and mask is None:
+            x_in, info_in = to_tensor(image)
+            m0 = get_method(method or (get_preset(strength).method if strength else self.method))
+            big = self.working_size is not None and max(x_in.shape[-2:]) > self.working_size * BIG_PHOTO_FACTOR
+            if x_in.shape[0] == 1 and "face" in m0.needs and (big or faces_first is True):
+                res = self._protect_photo(x_in, info_in, rest, call)
+                if res is not None:
+                    return res if return_result else res.image
         t0 = time.perf_counter()
         if strength is None:
             strength = self.strength if method is None else None
@@ -343,6 +367,49 @@ class Protector:
         return self._checker.check(x_work, out_work, models.face, models.autoencoder)
 
     __call__ = protect
+
+    def _protect_photo(self, x: torch.Tensor, info, rest: str, call: dict) -> ProtectionResult | None:
+        """Faces first (see :mod:`imguard.photo`); None when the photo has no face."""
+        import warnings
+
+        from .photo import compose, face_regions
+
+        t0 = time.perf_counter()
+        strength = call["strength"] if call["strength"] is not None else (self.strength if call["method"] is None else None)
+        detector = self.models_for(strength).detector
+        if detector is None or not hasattr(detector, "detect_all"):
+            return None
+        regions = face_regions(x.to(self.device), detector)
+        label = (call.get("names") or ["the photo"])[0]
+        if not regions:
+            warnings.warn(f"imguard: no face found in {label}; protecting the whole photo", stacklevel=4)
+            return None
+        face_results = []
+        for r in regions:
+            crop = x[..., r.y0 : r.y1, r.x0 : r.x1]
+            face_results.append((r, self.protect(crop, return_result=True, faces_first=False, **call)))
+        if rest == "protect":
+            whole = self.protect(x, return_result=True, faces_first=False, **call)
+            rest_img = whole.image
+        else:
+            whole, rest_img = None, x
+        first = face_results[0][1]
+        budget = Budget(first.eps, first.norm)
+        out = compose(x, rest_img, [(r, res.image) for r, res in face_results], budget)
+        achieved = budget.measure(out - x)
+        if not bool((achieved <= budget.eps + 1e-3).all()):
+            raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded in the composed photo ({achieved.tolist()})")
+        ref = whole or first
+        return ProtectionResult(
+            image=from_tensor(out, info), method=first.method, eps=first.eps, norm=first.norm,
+            achieved=[float(a) for a in achieved], steps=first.steps, seed=first.seed,
+            working_size=first.working_size, models=first.models, loss_history=ref.loss_history,
+            initial_loss=ref.initial_loss, final_loss=ref.final_loss, seconds=time.perf_counter() - t0,
+            options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
+            check=[res.check[0] for _, res in face_results if res.check] or None,
+            faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
+                    "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
+        )
 
     def protect_many(self, images: Sequence[Any], *, batch_size: int = 8, **kwargs: Any) -> list:
         """Protect a list of images, batching those that share a size (platform use)."""

@@ -1,0 +1,102 @@
+"""Faces first in big photos.
+
+A whole photo (a person in a scene, 1000+ px) is optimised at a working size of 512: the face,
+a small part of the frame, would get a thin, blurred share of the perturbation. Here every face
+is found, each face region (the face box widened ``region_scale`` times, like a portrait crop)
+is protected at its own working size, exactly as a face crop protected on its own, and blended
+back with a feathered mask; the rest of the photo is protected as a whole (or left untouched,
+``rest="keep"``). Both perturbations are inside the budget, and so is every convex blend of
+them, so the budget holds for the photo too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .budget import Budget, quantize
+
+__all__ = ["FaceRegion", "face_regions", "feather_mask", "compose"]
+
+#: face box widened this much around its centre: the region protected as a portrait crop
+REGION_SCALE = 2.2
+#: detection runs on a copy whose long side is at most this (boxes are scaled back)
+DETECT_LONG_SIDE = 1024
+#: photos whose long side exceeds working size x this are protected faces first
+BIG_PHOTO_FACTOR = 1.25
+
+
+@dataclass
+class FaceRegion:
+    """A square region around one face, in native pixel coordinates (clipped to the photo)."""
+
+    x0: int
+    y0: int
+    x1: int
+    y1: int
+    score: float
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.y1 - self.y0, self.x1 - self.x0
+
+
+def face_regions(x: torch.Tensor, detector: Any, region_scale: float = REGION_SCALE, min_score: float = 0.9, max_faces: int = 8) -> list[FaceRegion]:
+    """Regions around every face of one photo [1,3,H,W], largest first, non-overlapping."""
+    H, W = x.shape[-2:]
+    s = min(1.0, DETECT_LONG_SIDE / max(H, W))
+    small = F.interpolate(x, scale_factor=s, mode="bilinear", antialias=True, align_corners=False) if s < 1 else x
+    faces = detector.detect_all(small, min_score=min_score)[0]
+    out: list[FaceRegion] = []
+    for f in faces[:max_faces]:
+        x0, y0, x1, y1 = (float(v) / s for v in f.box)
+        side = max(x1 - x0, y1 - y0) * region_scale
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        r = FaceRegion(int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
+                       int(min(W, cx + side / 2)), int(min(H, cy + side / 2)), float(f.score))
+        r.x0, r.y0, r.x1, r.y1 = r.x0 // 8 * 8, r.y0 // 8 * 8, r.x1 // 8 * 8, r.y1 // 8 * 8
+        if r.x1 - r.x0 < 32 or r.y1 - r.y0 < 32:
+            continue
+        if any(not (r.x1 <= o.x0 or o.x1 <= r.x0 or r.y1 <= o.y0 or o.y1 <= r.y0) for o in out):
+            continue  # overlapping a larger face's region: that region already covers it
+        out.append(r)
+    return out
+
+
+def feather_mask(H: int, W: int, region: FaceRegion, feather: float = 0.08) -> torch.Tensor:
+    """[1,1,H,W]: 1 inside the region, falling smoothly to 0 over ``feather`` of its size at
+    its edges (edges on the photo's border stay 1)."""
+    h, w = region.size
+    f = max(2, int(round(feather * min(h, w))))
+
+    def ramp(n: int, lo_edge: bool, hi_edge: bool) -> torch.Tensor:
+        r = torch.ones(n)
+        k = torch.linspace(0, 1, f + 2)[1:-1]
+        ramp_up = 0.5 - 0.5 * torch.cos(torch.pi * k)
+        if lo_edge:
+            r[:f] = ramp_up[: min(f, n)]
+        if hi_edge:
+            r[-f:] = torch.minimum(r[-f:], ramp_up.flip(0)[-min(f, n):])
+        return r
+
+    m = torch.zeros(1, 1, H, W)
+    ry = ramp(h, region.y0 > 0, region.y1 < H)
+    rx = ramp(w, region.x0 > 0, region.x1 < W)
+    m[..., region.y0 : region.y1, region.x0 : region.x1] = ry[:, None] * rx[None, :]
+    return m
+
+
+def compose(x: torch.Tensor, rest: torch.Tensor, faces: list[tuple[FaceRegion, torch.Tensor]], budget: Budget) -> torch.Tensor:
+    """The photo: ``rest`` (a protected whole photo, or ``x``) with each protected face region
+    blended in by its feathered mask; quantised inside the budget."""
+    H, W = x.shape[-2:]
+    delta = rest.float() - x.float()
+    for region, crop in faces:
+        m = feather_mask(H, W, region).to(x.device)
+        d_face = torch.zeros_like(delta)
+        d_face[..., region.y0 : region.y1, region.x0 : region.x1] = crop.float() - x[..., region.y0 : region.y1, region.x0 : region.x1].float()
+        delta = m * d_face + (1 - m) * delta
+    return quantize(x, (x + budget.project(delta)).clamp(0, 1), budget)
