@@ -172,3 +172,32 @@ def test_default_check_judge_is_one_not_attacked(monkeypatch):
     checker = C.Checker("cpu")
     assert checker._judge_for({"faceres", "sface"}).name == "facenet"
     assert loaded[:3] == ["dlib", "faceres", "facenet"]
+
+
+def test_facelock_direct_and_decoy_terms():
+    from imguard.methods import get_method
+    from imguard.methods.facelock import FaceContext
+
+    seen = []
+
+    class Shift:
+        def encode(self, x):
+            return x
+
+        def decode(self, z):
+            return z + 1.0
+
+    class Emb:
+        def similarity(self, img, reference):
+            seen.append((float(img.mean()), reference))
+            return torch.full((1,), 0.25)
+
+    clean, decoy = [torch.ones(1, 2)], [torch.zeros(1, 2)]
+    ctx = FaceContext(x=torch.zeros(1, 3, 4, 4), faces=[], embedder=Emb(), emb_clean=clean,
+                      autoencoders=[Shift()], z_clean=[torch.zeros(1, 3, 4, 4)], emb_decoy=decoy,
+                      opts={"lambda_fr": 1.0, "lambda_fe": 0.0, "lambda_l": 0.0, "fr_start": 0.0, "fe_start": 0.0,
+                            "lambda_decoy": 0.5, "lambda_direct": 2.0})
+    loss = get_method("facelock").objective(torch.zeros(1, 3, 4, 4), ctx, 10, 100)
+    # direct: -2 * 0.25 on x' itself; round trip: -1 * 0.25 (to the source) + 0.5 * 0.25 (to the decoy)
+    assert loss.item() == pytest.approx(-0.5 - 0.25 + 0.125)
+    assert (0.0, clean) in seen and (1.0, clean) in seen and (1.0, decoy) in seen

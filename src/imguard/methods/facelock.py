@@ -6,6 +6,7 @@ FaceLock maximises, through the autoencoder's round trip D(E(x')):
     + lambda_fe * F(D(E(x')), x) * [step > fe_start*steps]
     + lambda_l * ||E(x') - E(x)||^2
     + lambda_decoy * cos(FR(D(E(x'))), FR(decoy))          (imguard's addition, off by default)
+    - lambda_direct * cos(FR(x'), FR(x))                     (imguard's addition, off by default)
 
 with FR a face recognizer on aligned faces (alignment found once on the clean image), F a
 perceptual feature distance (LPIPS, or the autoencoder's own multi-layer features) and the
@@ -16,6 +17,10 @@ Ensembles: FR may be several recognizers (their cosines averaged with normalised
 :class:`~imguard.models.FaceEmbedder`); the autoencoder may be several too: with
 ``ae_mode="cycle"`` (default) each step uses one member in turn (the cost of one), with
 ``"mean"`` every member every step.
+
+The direct term attacks the recognizers on the protected photo itself (no round trip), so that
+an autoencoder the protection never saw, which passes much of the photo through, still carries
+an identity change.
 
 The decoy term pulls the identity toward another one as well as away from the source:
 ``decoy="batch"`` uses the next face of the batch (a batch of one falls back to ``random``),
@@ -138,6 +143,9 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
     o = ctx.opts
     total = 0.0
     n = 0
+    direct = 0.0
+    if float(o.get("lambda_direct", 0.0)) and step >= float(o["fr_start"]) * steps:
+        direct = -float(o["lambda_direct"]) * ctx.cos_to_clean(x_adv)
     for k, z, recon in ctx.round_trips(x_adv, step):
         loss = float(o["lambda_l"]) * per_sample_mse(z, ctx.z_clean[k])
         if step >= float(o["fr_start"]) * steps and float(o["lambda_fr"]):
@@ -148,7 +156,7 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
             loss = loss + float(o["lambda_fe"]) * ctx.features(recon, ctx.x).float()
         total = total + loss
         n += 1
-    return total / n
+    return total / n + direct
 
 
 register(Method(
@@ -161,7 +169,7 @@ register(Method(
         **FACELOCK_BUDGET,
         "lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2,
         "fr_start": 0.35, "fe_start": 0.25, "require_face": False,
-        "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle",
+        "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle", "lambda_direct": 0.0,
     },
     needs=("autoencoder", "face", "features"),
 ))

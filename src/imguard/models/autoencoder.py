@@ -158,7 +158,7 @@ def _load_named(spec: str, dtype: torch.dtype) -> nn.Module:
     from .taesd import load_taesd
 
     parsed = ModelSpec.parse(spec, AUTOENCODER_KINDS)
-    if parsed.kind in BUNDLED_AUTOENCODERS or (parsed.kind == "" and spec.startswith("taesd:")):
+    if parsed.kind in BUNDLED_AUTOENCODERS:
         target = parsed.path or str(WEIGHTS_DIR / parsed.kind)
         try:
             model = load_taesd(target)
