@@ -19,7 +19,7 @@ from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
 from .photo import BIG_PHOTO_FACTOR
 from .presets import DEFAULT_STRENGTH, get_preset
-from .runtime import amp_dtype_for, resolve_device
+from .runtime import amp_dtype_for, memory_format_for, resolve_device
 from .transforms import get_eot
 
 DEFAULT_METHOD = "facelock"
@@ -131,6 +131,12 @@ class Protector:
     :class:`~imguard.models.Models` to share loaded models between protectors, or a dict of
     specs (``{"vae": ..., "face_model": ...}``). ``check`` (default True) adds the protection
     check of :mod:`imguard.check` to every result.
+
+    ``precision`` ("auto": bf16 autocast on GPUs and on CPUs with bf16 hardware, else fp32;
+    "fp32", "bf16", "fp16") sets the model forwards' precision (:mod:`imguard.runtime`).
+    ``speedups=False`` turns off what is meant to save time without changing results (targets
+    of the clean image cached, unused decoder passes skipped, channels-last weights): for
+    checking that they change nothing.
     """
 
     def __init__(
@@ -148,6 +154,7 @@ class Protector:
         precision: str = "auto",
         working_size: int | None = DEFAULT_WORKING_SIZE,
         check: bool | str = True,
+        speedups: bool = True,
     ):
         # a named method without a strength runs with that method's own (paper) defaults
         if strength is None and method is None:
@@ -156,6 +163,7 @@ class Protector:
         self.method = get_method(method or self._preset_method(self.strength)).name
         self.device = resolve_device(device)
         self.amp_dtype = amp_dtype_for(self.device, precision)
+        self.speedups = bool(speedups)
         _check_working_size(working_size)
         self._explicit = {"vae": vae, "face_model": face_model}
         self._model_args = {"features": features, "detector": detector, "face_weights": face_weights}
@@ -189,7 +197,9 @@ class Protector:
         face = self._explicit["face_model"] if self._explicit["face_model"] is not None else (preset.face_model if preset else None)
         key = (_model_key(vae), _model_key(face))
         if key not in self._models:
-            self._models[key] = Models(vae=vae, face_model=face, device=self.device, **self._model_args)
+            self._models[key] = Models(vae=vae, face_model=face, device=self.device,
+                                       memory_format=memory_format_for(self.device, self.amp_dtype) if self.speedups else torch.contiguous_format,
+                                       **self._model_args)
             if self._models:  # share the detector between the protector's model sets
                 first = next(iter(self._models.values()))
                 if "detector" in first._cache:
@@ -290,6 +300,7 @@ class Protector:
             mask_work = resize_image(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
             prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
             prep_opts["names"] = list(names) if names else None
+            prep_opts["cache"] = self.speedups
             torch.manual_seed(seed)
             ctx = m.prepare(x, models, prep_opts)
             objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)

@@ -120,7 +120,7 @@ def step_size_at(cfg: EngineConfig, i: int) -> float:
 
 
 def _autocast(device: torch.device, amp_dtype: Optional[torch.dtype]):
-    if amp_dtype is None or device.type == "cpu":
+    if amp_dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
@@ -211,9 +211,10 @@ def run(
 
     best_x = x.clone()
     best_loss = torch.full((B,), -math.inf, device=device)
-    best_hist = torch.zeros(cfg.steps, B)
-    best_steps = torch.zeros(B, dtype=torch.long)
-    best_restart = torch.zeros(B, dtype=torch.long)
+    # history and counters stay on the device: no host synchronisation inside the step loop
+    best_hist = torch.zeros(cfg.steps, B, device=device)
+    best_steps = torch.zeros(B, dtype=torch.long, device=device)
+    best_restart = torch.zeros(B, dtype=torch.long, device=device)
 
     lowres = int(cfg.lowres)
     low_size = (max(1, x.shape[-2] // lowres), max(1, x.shape[-1] // lowres))
@@ -234,8 +235,8 @@ def run(
             p = torch.zeros_like(x)
         x_adv = (x + to_delta(p)).detach()
         active = torch.ones(B, dtype=torch.bool, device=device)
-        steps_run = torch.zeros(B, dtype=torch.long)
-        hist = torch.zeros(cfg.steps, B)
+        steps_run = torch.zeros(B, dtype=torch.long, device=device)
+        hist = torch.zeros(cfg.steps, B, device=device)
         velocity = torch.zeros_like(p)
         if cfg.optimizer == "adam_tanh":
             w = _atanh_of(x_adv).requires_grad_(True)
@@ -263,7 +264,7 @@ def run(
                 (g,) = torch.autograd.grad(loss.sum(), [target])
                 grad += g.detach()
             loss_now = loss_sum / cfg.grad_repeats
-            hist[i] = loss_now.cpu()
+            hist[i] = loss_now
             act = active.view(-1, 1, 1, 1).to(x.dtype)
             grad = grad * act
             with torch.no_grad():
@@ -286,7 +287,7 @@ def run(
                     xa_new = torch.where(act.bool(), xa_new, x_adv)
                     x_adv = x + constrain(xa_new - x)
                     w.copy_(_atanh_of(x_adv))
-            steps_run += active.cpu().long()
+            steps_run += active.long()
             if callback is not None:
                 callback(i, cfg.steps, loss_now)
             if early_stop is not None:
@@ -306,19 +307,17 @@ def run(
         if r == 0:
             best_hist = hist
         else:
-            bh = best_hist[:n].clone()
-            bh[:, better.cpu()] = hist[:n][:, better.cpu()]
-            best_hist = bh
-        best_steps = torch.where(better.cpu(), steps_run, best_steps)
-        best_restart = torch.where(better.cpu(), torch.full_like(best_restart, r), best_restart)
+            best_hist = torch.where(better, hist[:n], best_hist[:n])
+        best_steps = torch.where(better, steps_run, best_steps)
+        best_restart = torch.where(better, torch.full_like(best_restart, r), best_restart)
 
     best_x = best_x.detach()
     return EngineResult(
         x_adv=best_x,
         delta=best_x - x,
-        history=best_hist,
+        history=best_hist.cpu(),
         initial_loss=initial_loss.detach(),
         final_loss=best_loss.detach(),
-        steps_run=best_steps,
-        restart=best_restart,
+        steps_run=best_steps.cpu(),
+        restart=best_restart.cpu(),
     )

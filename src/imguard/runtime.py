@@ -1,11 +1,16 @@
 """Device and precision, decided in one place.
 
-CUDA when available (else Apple MPS, else CPU). On CUDA the model forward passes run under
-autocast (bf16 where supported, else fp16) while delta and the projection stay in fp32; on
-CPU everything is fp32.
+CUDA when available, else CPU. The model forward passes run under autocast (bf16 where
+supported, else fp16) while delta, the projection and the loss stay in fp32. On CUDA that is
+always so; on a CPU only where bf16 is fast in hardware (Intel AMX: measured 4x faster than
+fp32 per facelock step, see docs/benchmarks.md), elsewhere the CPU runs in fp32. Where autocast
+is on, convolution weights are kept channels-last (the layout the fast kernels want; in fp32 on
+a CPU it was slower, so it is off there). ``precision="fp32"`` turns both off.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -29,12 +34,36 @@ def amp_dtype_for(device: torch.device, precision: str | None = "auto") -> torch
     """
     if precision in (None, "fp32", "float32"):
         return None
+    if precision not in ("auto", "bf16", "fp16"):
+        raise ValueError(f"unknown precision {precision!r}; valid: auto, fp32, bf16, fp16")
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ValueError("precision='fp16' needs a GPU; on a CPU use 'bf16' or 'fp32'")
+        return torch.bfloat16 if (precision == "bf16" or cpu_has_fast_bf16()) else None
     if device.type != "cuda":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    if precision != "auto":
-        raise ValueError(f"unknown precision {precision!r}; valid: auto, fp32, bf16, fp16")
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU runs bf16 convolutions and matmuls in hardware (Intel AMX tiles)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    try:
+        supported = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        supported = False
+    return supported and "amx_bf16" in flags
+
+
+def memory_format_for(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
+    """The layout for model weights: channels-last where autocast runs, else contiguous."""
+    return torch.channels_last if amp_dtype is not None else torch.contiguous_format

@@ -59,6 +59,7 @@ class FaceContext:
     autoencoders: list = field(default_factory=list)
     z_clean: list = field(default_factory=list)  #: one latent per autoencoder
     features: Any = None
+    feat_clean: Any = None  #: the features of the clean image, when the feature distance can split them off
     emb_decoy: list | None = None
     box: torch.Tensor | None = None
     opts: dict = field(default_factory=dict)
@@ -66,14 +67,21 @@ class FaceContext:
     def cos_to_clean(self, img: torch.Tensor) -> torch.Tensor:
         return self.embedder.similarity(img, self.emb_clean)
 
-    def round_trips(self, x_adv: torch.Tensor, step: int):
-        """(member index, latent, reconstruction) for the autoencoders this step uses."""
+    def feature_distance(self, recon: torch.Tensor) -> torch.Tensor:
+        """F(recon, x): from the clean side's features computed once, where they could be."""
+        if self.feat_clean is not None:
+            return self.features.from_targets(recon, self.feat_clean).float()
+        return self.features(recon, self.x).float()
+
+    def round_trips(self, x_adv: torch.Tensor, step: int, decode: bool = True):
+        """(member index, latent, reconstruction) for the autoencoders this step uses; the
+        reconstruction is None when ``decode`` is False (no term of this step needs it)."""
         n = len(self.autoencoders)
         idx = range(n) if self.opts.get("ae_mode", "cycle") == "mean" or n == 1 else [step % n]
         for k in idx:
             ae = self.autoencoders[k]
             z = ae.encode(x_adv)
-            yield k, z, ae.decode(z)
+            yield k, z, (ae.decode(z) if decode else None)
 
 
 def _check_differentiable(face) -> None:
@@ -132,6 +140,9 @@ def _facelock_prepare(x, models, opts):
     ctx = _with_autoencoders(_face_context(x, models, opts), models)
     if float(opts["lambda_fe"]) != 0:
         ctx.features = models.features
+        if opts.get("cache", True) and hasattr(ctx.features, "targets"):
+            with torch.no_grad():
+                ctx.feat_clean = ctx.features.targets(x)
     if float(opts.get("lambda_decoy", 0.0)) != 0:
         decoy = opts.get("decoy", "batch")
         synthetic = isinstance(decoy, str) and decoy in ("batch", "random")
@@ -144,16 +155,21 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
     total = 0.0
     n = 0
     direct = 0.0
-    if float(o.get("lambda_direct", 0.0)) and step >= float(o["fr_start"]) * steps:
+    fr_on = step >= float(o["fr_start"]) * steps
+    if float(o.get("lambda_direct", 0.0)) and fr_on:
         direct = -float(o["lambda_direct"]) * ctx.cos_to_clean(x_adv)
-    for k, z, recon in ctx.round_trips(x_adv, step):
+    fr_on = fr_on and bool(float(o["lambda_fr"]))
+    fe_on = step > float(o["fe_start"]) * steps and ctx.features is not None
+    # before the FR and feature terms switch on, the decoder's output is not used: skip it
+    decode = fr_on or fe_on or not o.get("cache", True)
+    for k, z, recon in ctx.round_trips(x_adv, step, decode=decode):
         loss = float(o["lambda_l"]) * per_sample_mse(z, ctx.z_clean[k])
-        if step >= float(o["fr_start"]) * steps and float(o["lambda_fr"]):
+        if fr_on:
             loss = loss - float(o["lambda_fr"]) * ctx.cos_to_clean(recon)
             if ctx.emb_decoy is not None:
                 loss = loss + float(o["lambda_decoy"]) * ctx.embedder.similarity(recon, ctx.emb_decoy)
-        if step > float(o["fe_start"]) * steps and ctx.features is not None:
-            loss = loss + float(o["lambda_fe"]) * ctx.features(recon, ctx.x).float()
+        if fe_on:
+            loss = loss + float(o["lambda_fe"]) * ctx.feature_distance(recon)
         total = total + loss
         n += 1
     return total / n + direct

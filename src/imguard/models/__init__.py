@@ -69,6 +69,8 @@ class Models:
                      ``"lpips"``, ``"lpips-vgg"`` or a module
     ``detector``     ``"mtcnn"`` (default), ``None`` (always the centre crop), or an object with
                      ``detect(x01) -> list[Face | None]``
+    ``memory_format`` layout of the loaded models' 4-D weights (``torch.channels_last`` where
+                     the forward passes run under autocast: see :mod:`imguard.runtime`)
     """
 
     def __init__(
@@ -79,8 +81,10 @@ class Models:
         detector: Any = "mtcnn",
         device: torch.device | str = "cpu",
         face_weights: Any = None,
+        memory_format: torch.memory_format = torch.contiguous_format,
     ):
         self.device = torch.device(device)
+        self.memory_format = memory_format
         self.specs = {
             "vae": DEFAULT_VAE if vae is None else vae,
             "face_model": DEFAULT_FACE_MODEL if face_model is None else face_model,
@@ -92,7 +96,10 @@ class Models:
 
     def _get(self, key: str, build):
         if key not in self._cache:
-            self._cache[key] = build()
+            model = build()
+            if isinstance(model, torch.nn.Module) and self.memory_format is not torch.contiguous_format:
+                model = model.to(memory_format=self.memory_format)
+            self._cache[key] = model
         return self._cache[key]
 
     @property

@@ -6,6 +6,10 @@
 ``ae``     a weighted multi-layer distance between an autoencoder encoder's intermediate
            activations (channel-normalised, as LPIPS does), the multi-layer protection loss
            of FastProtect. Needs no extra weights: it reuses the attacked autoencoder.
+
+Both split the distance in two, so that the side that never changes (the clean image) is
+computed once per protection, not once per step: ``targets(b01)`` and
+``from_targets(a01, targets) == distance(a01, b01)``.
 """
 
 from __future__ import annotations
@@ -30,6 +34,26 @@ class LPIPSDistance(nn.Module):
 
     def forward(self, a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
         return self.model(a01 * 2 - 1, b01 * 2 - 1).flatten(1).mean(dim=1).float()
+
+    def targets(self, b01: torch.Tensor) -> list[torch.Tensor]:
+        """The normalised backbone features of ``b01`` (what ``forward`` computes for it)."""
+        from lpips import normalize_tensor
+
+        m = self.model
+        return [normalize_tensor(f) for f in m.net.forward(m.scaling_layer(b01 * 2 - 1))]
+
+    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(a01, b01)`` with ``targets = self.targets(b01)``."""
+        from lpips import normalize_tensor
+
+        m = self.model
+        fa = m.net.forward(m.scaling_layer(a01 * 2 - 1))
+        total = 0.0
+        for k, (x, y) in enumerate(zip(fa, targets)):
+            d = (normalize_tensor(x) - y) ** 2
+            d = m.lins[k](d) if m.lpips else d.sum(dim=1, keepdim=True)
+            total = total + d.mean(dim=(2, 3), keepdim=True)
+        return total.flatten(1).mean(dim=1).float()
 
 
 def load_lpips(net: str = "alex", pretrained_backbone: bool = True) -> LPIPSDistance:
@@ -64,14 +88,24 @@ class AEFeatureDistance(nn.Module):
         self.name = f"ae-features({getattr(autoencoder, 'name', type(autoencoder).__name__)})"
 
     def forward(self, a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
+        return self.from_targets(a01, self.targets(b01))
+
+    @staticmethod
+    def _unit(f: torch.Tensor) -> torch.Tensor:
+        f = f.float()
+        return f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+
+    def targets(self, b01: torch.Tensor) -> list[torch.Tensor]:
+        """The channel-normalised features of ``b01`` (what ``forward`` computes for it)."""
+        return [self._unit(f) for f in self.autoencoder.features(b01)]
+
+    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
+        """``forward(a01, b01)`` with ``targets = self.targets(b01)``."""
         fa = self.autoencoder.features(a01)
-        fb = self.autoencoder.features(b01)
         w = self.weights or [1.0 / len(fa)] * len(fa)
         total = 0.0
-        for wi, x, y in zip(w, fa, fb):
-            x = x.float() / (x.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            y = y.float() / (y.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
-            total = total + wi * (x - y).pow(2).sum(1).flatten(1).mean(1)
+        for wi, x, y in zip(w, fa, targets):
+            total = total + wi * (self._unit(x) - y).pow(2).sum(1).flatten(1).mean(1)
         return total
 
 
