@@ -103,3 +103,16 @@ def test_cpu_precision_choice(monkeypatch):
     assert runtime.amp_dtype_for(cpu, "auto") is torch.bfloat16
     assert runtime.memory_format_for(cpu, torch.bfloat16) is torch.channels_last
     assert runtime.memory_format_for(cpu, None) is torch.contiguous_format
+
+
+def test_stop_margin_stops_a_sample_once_its_models_are_fooled(tiny_vae_dir, image64):
+    p = _protector(tiny_vae_dir, True)
+    # margin -2: "fooled" at once (cosine < threshold + 2); the first check after the identity
+    # term switches on (step 7 of 20) at a multiple of stop_every (5) is after step 10
+    r = p.protect(image64, steps=20, seed=0, stop_margin=-2.0, return_result=True)
+    assert r.steps_run == [10]
+    # margin 3: never fooled (cosine >= -1 > threshold - 3): all steps
+    r = p.protect(image64, steps=20, seed=0, stop_margin=3.0, stop_every=2, return_result=True)
+    assert r.steps_run == [20]
+    with pytest.raises(ValueError, match="stop_margin needs"):
+        p.protect(image64, method="photoguard", steps=2, stop_margin=0.1)

@@ -49,6 +49,8 @@ class ProtectionResult:
     faces: list | None = None
     #: per image: the protection check (:class:`imguard.check.ProtectionCheck`), or None when off
     check: list | None = None
+    #: per image: the steps it took (fewer than ``steps`` when it stopped early)
+    steps_run: list | None = None
 
     def summary(self) -> str:
         ach = ", ".join(f"{a:.2f}" for a in self.achieved)
@@ -304,6 +306,7 @@ class Protector:
             torch.manual_seed(seed)
             ctx = m.prepare(x, models, prep_opts)
             objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
+            stop = early_stop if early_stop is not None else _margin_stop(m, ctx, opts, cfg.steps)
 
             bar = None
             cb = callback
@@ -320,7 +323,7 @@ class Protector:
 
             try:
                 res = engine.run(
-                    x, objective, budget, cfg, mask=mask_work, callback=cb, early_stop=early_stop, seed=seed,
+                    x, objective, budget, cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
                     amp_dtype=self.amp_dtype,
                 )
             finally:
@@ -365,6 +368,7 @@ class Protector:
             options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
             strength=strength,
             check=checks,
+            steps_run=[int(v) for v in res.steps_run],
         )
 
     def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
@@ -440,6 +444,27 @@ class Protector:
                     _, info = loaded[i]
                     out[i] = from_tensor(prot[j : j + 1], info)
         return out
+
+
+def _margin_stop(m, ctx, opts: dict, steps: int):
+    """The ``stop_margin`` early stop: checked every ``stop_every`` steps once the identity
+    term is on (before that the attacked models are not being fooled yet)."""
+    margin = opts.get("stop_margin")
+    if margin is None:
+        return None
+    if m.fooled is None:
+        raise ValueError(f"stop_margin needs a method that can tell when its models are fooled; {m.name!r} cannot")
+    every = int(opts.get("stop_every") or 5)
+    if every < 1:
+        raise ValueError(f"stop_every must be >= 1, got {every}")
+    start = float(opts.get("fr_start", 0.0)) * steps
+
+    def stop(x_adv, loss, i):
+        if i < start or (i + 1) % every:
+            return torch.zeros(x_adv.shape[0], dtype=torch.bool)
+        return m.fooled(x_adv, ctx, float(margin))
+
+    return stop
 
 
 _DEFAULT_PROTECTORS: dict[tuple, Protector] = {}

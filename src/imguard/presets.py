@@ -31,9 +31,9 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     "low": Preset(
-        "low", "quick: one recognizer, SD 1.x-space autoencoder, momentum",
+        "low", "quick: one recognizer, SD 1.x-space autoencoder, momentum, stops early once fooled",
         method="facelock", face_model="sface", vae="taesd",
-        options={"eps": 4, "steps": 60, "momentum": 0.9},
+        options={"eps": 4, "steps": 60, "momentum": 0.9, "stop_margin": 0.1},
     ),
     "medium": Preset(
         "medium", "balanced: two recognizers, two latent spaces, momentum and input diversity",

@@ -15,7 +15,7 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres",
+    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every",
 )
 
 #: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
@@ -32,6 +32,10 @@ COMMON_DEFAULTS = {
     "ti_kernel": 0,
     "diversity": 0.0,
     "lowres": 1,
+    # early stop (methods with a ``fooled`` test): a sample stops once every attacked model is
+    # fooled by this margin below its threshold, checked every ``stop_every`` steps (None = off)
+    "stop_margin": None,
+    "stop_every": 5,
 }
 
 
@@ -45,6 +49,9 @@ class Method:
     defaults: dict = field(default_factory=dict)
     #: which models it uses: any of "autoencoder", "face", "features"
     needs: tuple = ("autoencoder",)
+    #: ``fooled(x_adv, ctx, margin) -> bool[B]``: every attacked model fooled by ``margin``
+    #: (what the ``stop_margin`` early stop asks); None where the method has no such test
+    fooled: Callable[[torch.Tensor, Any, float], torch.Tensor] | None = None
 
     def options(self, **overrides: Any) -> dict:
         """Defaults merged with ``overrides`` (``None`` means 'use the default')."""

@@ -175,6 +175,17 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
     return total / n + direct
 
 
+def _facelock_fooled(x_adv, ctx: FaceContext, margin: float) -> torch.Tensor:
+    """Every attacked recognizer, after every attacked autoencoder's round trip, puts the face
+    at least ``margin`` below its same-person threshold."""
+    fooled = torch.ones(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
+    for ae in ctx.autoencoders:
+        embs = ctx.embedder.embed_all(ae.decode(ae.encode(x_adv)))
+        for member, e, ref in zip(ctx.embedder.members, embs, ctx.emb_clean):
+            fooled &= (e * ref.to(e.device)).sum(dim=1) < float(member.threshold) - margin
+    return fooled
+
+
 register(Method(
     name="facelock",
     description="FaceLock: destroy identity and perceptual features of D(E(x')) (+ latent push)",
@@ -188,6 +199,7 @@ register(Method(
         "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle", "lambda_direct": 0.0,
     },
     needs=("autoencoder", "face", "features"),
+    fooled=_facelock_fooled,
 ))
 
 
