@@ -422,6 +422,7 @@ class Protector:
             initial_loss=ref.initial_loss, final_loss=ref.final_loss, seconds=time.perf_counter() - t0,
             options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
             check=[res.check[0] for _, res in face_results if res.check] or None,
+            steps_run=ref.steps_run,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
         )
