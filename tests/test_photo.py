@@ -76,3 +76,13 @@ def test_faces_first_options_are_checked(tiny_protector, image64):
         tiny_protector.protect(image64, rest="blur")
     with pytest.raises(ValueError, match="faces_first"):
         tiny_protector.protect(image64, faces_first="yes")
+
+
+def test_a_portrait_is_protected_as_a_whole(tiny_vae_dir):
+    # the face region (2.2x a box of 40 % of the side) covers most of the photo: one pass, no blend
+    models = Models(vae=str(tiny_vae_dir), face_model=TinyRecognizer(), features="ae", detector=BoxDetector((0.3, 0.3, 0.7, 0.7)))
+    p = imguard.Protector("cvl", models=models, working_size=64, check=False)
+    x = torch.rand(1, 3, 192, 192, generator=torch.Generator().manual_seed(1))
+    res = p.protect(x, eps=6, steps=3, seed=0, return_result=True)
+    assert res.faces is None and "faces_first" not in res.options
+    assert torch.equal(res.image, p.protect(x, eps=6, steps=3, seed=0, faces_first=False))

@@ -24,6 +24,8 @@ from .transforms import get_eot
 
 DEFAULT_METHOD = "facelock"
 DEFAULT_WORKING_SIZE = 512
+#: a photo whose one face region covers at least this share of it is protected as a whole
+PORTRAIT_AREA = 0.5
 
 
 @dataclass
@@ -399,6 +401,8 @@ class Protector:
         if not regions:
             warnings.warn(f"imguard: no face found in {label}; protecting the whole photo", stacklevel=4)
             return None
+        if len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * x.shape[-2] * x.shape[-1]:
+            return None  # a portrait: the face region is most of the photo, protected as a whole it is the crop
         face_results = []
         for r in regions:
             crop = x[..., r.y0 : r.y1, r.x0 : r.x1]
