@@ -28,3 +28,9 @@ def test_ci_runs_the_readme_command():
     block = text.split("<!-- setup-and-test")[1].split("```bash")[1].split("```")[0].strip().splitlines()
     assert "pytest" in block[0] and "pip install" in block[0]
     assert block[1].startswith(".venv/bin/imguard protect") and "--face-model sface" in block[1]
+
+
+def test_ci_installs_the_browser_before_the_readme_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    apt = 'if [ "${CI:-}" = true ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi'
+    assert apt in ci and ci.index(apt) < ci.index('bash -c "$cmd"')
