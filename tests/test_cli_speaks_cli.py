@@ -160,3 +160,21 @@ def test_eval_lists_unmatched_and_names_the_method(tmp_path, capsys):
     assert set(data["imperceptibility"][i]["method"] for i in range(len(data["imperceptibility"]))) == {"none", "facelock-v2"}
     assert data["unmatched"]["no_protected"] == {"facelock-v2": ["carol"]}
     assert "my-folder" not in (tmp_path / "rep" / "report.md").read_text()
+
+
+def test_main_puts_back_the_hugging_face_switches(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGUARD_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    seen = {}
+
+    def fake(args):
+        seen["hf"] = os.environ.get("HF_HUB_OFFLINE")
+        return 0
+
+    import imguard.cli as cli
+
+    monkeypatch.setattr(cli, "_cmd_methods", fake)
+    assert cli.main(["methods"]) == 0
+    assert seen["hf"] == "1"  # offline mode reached the hub libraries during the run
+    assert "HF_HUB_OFFLINE" not in os.environ and "TRANSFORMERS_OFFLINE" not in os.environ

@@ -462,28 +462,36 @@ def main(argv: list[str] | None = None) -> int:
     from .models import ModelLoadError, NoFaceError
     from .models.hub import apply_offline_env
 
+    # main() may run inside another program (or a test): the Hugging Face switches it sets for
+    # offline mode are put back afterwards (--offline itself stays, as IMGUARD_OFFLINE=1)
+    env_keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env_before = {k: os.environ.get(k) for k in env_keys}
     if getattr(args, "offline", False):
         os.environ["IMGUARD_OFFLINE"] = "1"
     apply_offline_env()  # offline: the Hugging Face loaders fail at once instead of retrying
     quiet = bool(getattr(args, "quiet", False) or getattr(args, "global_quiet", False))
-    saved = warnings.showwarning
-    _install_warning_printer(quiet)
     if getattr(args, "global_quiet", False) and hasattr(args, "quiet"):
         args.quiet = True
-    try:
-        rc = int(args.func(args) or 0)
-        sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
-        return rc
-    except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
-        print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        return _quiet_broken_pipe()
-    except KeyboardInterrupt:
-        print("imguard: interrupted", file=sys.stderr)
-        return 130
-    finally:
-        warnings.showwarning = saved
+    with warnings.catch_warnings():
+        _install_warning_printer(quiet)
+        try:
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+            return rc
+        except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
+            print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            print("imguard: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            for k, v in env_before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 if __name__ == "__main__":  # pragma: no cover
