@@ -31,6 +31,7 @@ def test_cli_text_renders_python_options_as_flags():
     assert cli_text("pass face_model='facenet:/path/to/it' or vae='taesd:/p/taef2'") == \
         "pass --face-model facenet:/path/to/it or --vae taesd:/p/taef2"
     assert cli_text("or use features='ae'.") == "or use --features ae."
+    assert cli_text("pass the folder: editor='/p/ip2p' (CLI: --editor /p/ip2p).") == "pass the folder: --editor /p/ip2p."
     assert cli_text("my_vae='x' stays, as does a.vae='y'") == "my_vae='x' stays, as does a.vae='y'"
     assert all(flag.startswith("--") for flag in CLI_FLAGS.values())
 

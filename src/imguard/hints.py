@@ -61,6 +61,12 @@ def _flag(m: re.Match) -> str:
     return f"{flag} {value}" if " " not in value else f"{flag} '{value}'"
 
 
+_CLI_ASIDE = re.compile(r"\s*\(CLI: [^)]*\)")
+
+
 def cli_text(text: str) -> str:
-    """``text`` with every ``option=value`` of :data:`CLI_FLAGS` written as its command-line flag."""
-    return _PATTERN.sub(_flag, str(text))
+    """``text`` with every ``option=value`` of :data:`CLI_FLAGS` written as its command-line flag.
+
+    A message may spell both forms, ``editor='/p' (CLI: --editor /p)``, for API users who also
+    use the command line; on the command line only the flag is left."""
+    return _PATTERN.sub(_flag, _CLI_ASIDE.sub("", str(text)))

@@ -180,7 +180,7 @@ def _load_pipeline(spec: str, dtype: torch.dtype):
             f"could not load the InstructPix2Pix editor from {where} ({type(e).__name__}: {first}). "
             "Without network access, download the pipeline elsewhere (e.g. `huggingface-cli download "
             f"{DEFAULT_EDITOR} --local-dir /path/to/instruct-pix2pix`) and pass the folder: "
-            "editor='/path/to/instruct-pix2pix'."
+            "editor='/path/to/instruct-pix2pix' (CLI: --editor /path/to/instruct-pix2pix)."
         ) from e
 
 
