@@ -9,7 +9,7 @@ What it does:
    `cw_l2`, `facelock` and `facelock` with EOT (jpeg, blur, resize), all at the same budget
    (--eps) and steps, attacking --vae and --face-model.
 2. Protects with `facelock` (and `photoguard`) at budgets 2, 4, 8, 16 /255.
-3. Evaluates with imguard.evaluate, each table once per judge recognizer: the attacked one
+3. Evaluates with imguard.evaluation, each table once per judge recognizer: the attacked one
    (--face-model) and, where available, one the protection never saw (dlib's ResNet).
    The edit proxy is the round trip D(E(x)) of the attacked autoencoder (the only one
    available offline), after each purification for Table 3.
@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 import imguard
-from imguard.evaluate import evaluate
+from imguard.evaluation import evaluate
 from imguard.io import ImageInfo, from_tensor, read_image, save_image, to_tensor
 
 TABLE1_METHODS = ["encoder", "photoguard", "vae", "cw_l2", "facelock", "facelock+eot"]

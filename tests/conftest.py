@@ -18,10 +18,51 @@ def face_paths() -> list[Path]:
     return sorted(FACES.glob("sample*/*.png"))
 
 
-requires_assets = pytest.mark.skipif(
-    not (SHARED / "weights" / "taef2_encoder.pth").is_file() or not face_paths(),
-    reason="../shared/assets (offline weights and faces) is not present",
-)
+ASSETS_MISSING = "../shared/assets (offline weights and faces) is not present"
+
+
+def assets_present() -> bool:
+    return (SHARED / "weights" / "taef2_encoder.pth").is_file() and bool(face_paths())
+
+
+#: The one skip rule for tests that need ../shared/assets; it also marks them ``real``
+#: (``pytest -m "not real"`` is the fast suite).
+requires_assets = pytest.mark.skipif(not assets_present(), reason=ASSETS_MISSING)
+
+
+@pytest.fixture(scope="session")
+def shared_assets() -> Path:
+    """The offline assets folder (``../shared/assets``); skips the test when it is absent."""
+    if not assets_present():
+        pytest.skip(ASSETS_MISSING)
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def dev_face(shared_assets) -> Path:
+    """One real dev portrait (512x512 PNG)."""
+    p = shared_assets / "faces" / "dev" / "sample1" / "0051_01.png"
+    if not p.is_file():
+        pytest.skip(f"{p} is not present")
+    return p
+
+
+@pytest.fixture(scope="session")
+def mtcnn():
+    """One MTCNN face detector for every real-face test of the session."""
+    from imguard.models import FaceDetector
+
+    return FaceDetector("cpu")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests that use the real offline assets carry the ``real`` marker."""
+    real = pytest.mark.real
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ())) & {"shared_assets", "dev_face", "mtcnn"}
+        skipif = [m for m in item.iter_markers("skipif") if m.kwargs.get("reason") == ASSETS_MISSING]
+        if uses or skipif:
+            item.add_marker(real)
 
 
 def build_tiny_vae():

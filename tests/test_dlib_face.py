@@ -26,8 +26,6 @@ from imguard.models.dlib_face import (  # noqa: E402
     load_dlib_recognizer,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "assets"
-FACES_DIR = SHARED / "faces" / "dev"
 IDENTITIES = ("sample1", "sample2")
 
 
@@ -44,10 +42,9 @@ def _load_rgb01(path: Path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def dev_faces():
+def dev_faces(shared_assets):
     """(identity labels, images [N,3,H,W]) of the dev portraits."""
-    if not SHARED.is_dir():
-        pytest.skip(f"offline assets not found at {SHARED}")
+    FACES_DIR = shared_assets / "faces" / "dev"
     files = [(ident, p) for ident in IDENTITIES for p in sorted((FACES_DIR / ident).glob("*.png"))]
     if any(sum(1 for i, _ in files if i == ident) < 2 for ident in IDENTITIES):
         pytest.skip(f"need at least two portraits per identity under {FACES_DIR}")
@@ -57,13 +54,13 @@ def dev_faces():
 
 
 @pytest.fixture(scope="module")
-def library_embeddings(recognizer, dev_faces):
+def library_embeddings(recognizer, dev_faces, mtcnn):
     """Embeddings of the dev faces with the library's alignment (MTCNN + template warp)."""
-    from imguard.models import FaceDetector, find_faces, warp_faces
+    from imguard.models import find_faces, warp_faces
     from imguard.models.alignment import similarity_transform as _similarity
 
     labels, images = dev_faces
-    faces = find_faces(images, FaceDetector("cpu"), require_face=True)
+    faces = find_faces(images, mtcnn, require_face=True)
     template = np.asarray(recognizer.template, dtype=np.float32)
     mats = torch.from_numpy(np.stack([_similarity(f.landmarks, template) for f in faces]))
     crops = warp_faces(images, mats, tuple(recognizer.input_size))

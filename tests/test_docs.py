@@ -28,3 +28,51 @@ def test_ci_runs_the_readme_command():
     block = text.split("<!-- setup-and-test")[1].split("```bash")[1].split("```")[0].strip().splitlines()
     assert "pytest" in block[0] and "pip install" in block[0]
     assert block[1].startswith(".venv/bin/imguard protect") and "--face-model sface" in block[1]
+
+
+def test_ci_installs_the_browser_before_the_readme_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    apt = 'if [ "${CI:-}" = true ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; fi'
+    assert apt in ci and ci.index(apt) < ci.index('bash -c "$cmd"')
+
+
+def test_strength_page_matches_the_presets():
+    from imguard.presets import PRESETS
+
+    text = (ROOT / "docs" / "guide" / "strength.md").read_text()
+    rows = {m.group(1): m.group(0) for m in re.finditer(r"^\| `(\w+)`.*$", text, re.M)}
+    assert set(rows) == set(PRESETS)
+    for name, p in PRESETS.items():
+        cells = [c.strip() for c in rows[name].strip("|").split("|")]
+        assert float(cells[1]) == p.options["eps"] and int(cells[2]) == p.options["steps"], name
+        assert [s.strip() for s in cells[3].split(",")] == p.face_model.split(","), name
+        assert [s.strip() for s in cells[4].split(",")] == p.vae.split(","), name
+
+
+def test_docs_site_builds_strictly(tmp_path):
+    """`mkdocs build --strict` (mkdocs, material and mkdocstrings are in the dev extra)."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    pytest.importorskip("mkdocs")
+    pytest.importorskip("mkdocstrings")
+    pytest.importorskip("material")
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1", "PYTHONPATH": str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(tmp_path / "site")],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    api = (tmp_path / "site" / "reference" / "api" / "index.html").read_text()
+    assert "ProtectionResult" in api and "initial_objective" in api  # generated from the docstrings
+    assert (tmp_path / "site" / "img" / "serve.png").is_file()
+    assert "img/serve.png" in (tmp_path / "site" / "guide" / "web" / "index.html").read_text()
+
+
+def test_readme_links_into_the_docs_exist():
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[^)#]+)", text)
+    assert any(link.startswith("docs/guide/") for link in links)
+    for link in links:
+        assert (ROOT / link).exists(), link

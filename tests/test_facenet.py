@@ -327,16 +327,15 @@ def test_real_unit_norm_and_gradients(real_model):
 @pytest.mark.real
 @requires_h5
 @pytest.mark.skipif(not face_paths(), reason="dev faces not present")
-def test_real_genuine_above_impostor(real_model):
+def test_real_genuine_above_impostor(real_model, mtcnn):
     from PIL import Image
 
     from imguard.models.alignment import alignment_matrices, warp_faces
-    from imguard.models.detection import FaceDetector
 
     paths = face_paths()
     ids = np.array([p.parent.name for p in paths])
     x = torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1).float() / 255 for p in paths])
-    faces = FaceDetector().detect(x)
+    faces = mtcnn.detect(x)
     assert all(f is not None for f in faces)
     with torch.no_grad():
         e = real_model(warp_faces(x, alignment_matrices(faces, real_model), real_model.input_size))

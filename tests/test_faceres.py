@@ -361,16 +361,16 @@ def faceres():
 
 
 @pytest.fixture(scope="module")
-def dev_crops(faceres):
+def dev_crops(faceres, mtcnn):
     """The dev faces cropped for faceres (MTCNN box widened by box_scale), with identities."""
     from PIL import Image
 
-    from imguard.models import FaceDetector, alignment_matrices, warp_faces
+    from imguard.models import alignment_matrices, warp_faces
 
     paths = face_paths()
     x = torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB")).copy()) for p in paths])
     x = x.permute(0, 3, 1, 2).float() / 255  # the dev faces are all 512x512
-    faces = FaceDetector().detect(x)
+    faces = mtcnn.detect(x)
     assert all(f is not None for f in faces)
     return warp_faces(x, alignment_matrices(faces, faceres), faceres.input_size), [p.parent.name for p in paths]
 

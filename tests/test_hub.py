@@ -188,7 +188,11 @@ def test_offline_mode_names_the_commands(env, monkeypatch, how):
     msg = str(e.value)
     assert "toywheel" in msg and "offline" in msg
     assert "imguard models fetch toywheel" in msg and "--from FILE" in msg
-    assert "face_model='toywheel:/path/to/toy.model'" in msg and "--face-model toywheel:/path/to/toy.model" in msg
+    # API users read the Python option; the command line renders the same hint as its flag
+    assert "face_model='toywheel:/path/to/toy.model'" in msg and "--face-model" not in msg
+    from imguard.hints import cli_text
+
+    assert "--face-model toywheel:/path/to/toy.model" in cli_text(msg) and "face_model=" not in cli_text(msg)
     with pytest.raises(ModelLoadError, match="imguard models fetch toywheel"):
         hub.fetch("toywheel")
     assert calls == [] and _files_under(env["cache"]) == []

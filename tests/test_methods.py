@@ -101,8 +101,10 @@ def test_unknown_option_lists_the_methods_options(image64, tiny_protector):
         tiny_protector.protect(image64, method="facelock", lambda_fee=2)
 
 
-def test_custom_method_plugs_in(tiny_protector, image64):
-    from imguard.methods import Method, register
+@pytest.fixture
+def brighten_method():
+    """A plug-in method registered for one test and removed after it (the registry is global)."""
+    from imguard.methods import Method, register, unregister
 
     def prepare(x, models, opts):
         return {"x": x}
@@ -111,7 +113,22 @@ def test_custom_method_plugs_in(tiny_protector, image64):
         return (xa - ctx["x"]).flatten(1).mean(1)
 
     name = "brighten_test"
-    if name not in method_names():
-        register(Method(name, "test: brighten", True, prepare, objective, defaults={"eps": 4, "step_size": 1, "steps": 3}, needs=()))
-    out = tiny_protector.protect(image64, method=name, seed=0)
+    assert name not in method_names()
+    register(Method(name, "test: brighten", True, prepare, objective, defaults={"eps": 4, "step_size": 1, "steps": 3}, needs=()))
+    yield name
+    unregister(name)
+
+
+def test_custom_method_plugs_in(tiny_protector, image64, brighten_method):
+    out = tiny_protector.protect(image64, method=brighten_method, seed=0)
     assert (out - image64).mean() > 0
+
+
+def test_unregister_removes_a_method_and_says_when_there_is_none():
+    from imguard.methods import Method, register, unregister
+
+    m = register(Method("tmp_unreg", "test", True, lambda x, mo, o: None, lambda *a: None, defaults={}, needs=()))
+    assert "tmp_unreg" in method_names()
+    assert unregister("tmp_unreg") is m and "tmp_unreg" not in method_names()
+    with pytest.raises(ValueError, match="no method named 'tmp_unreg'"):
+        unregister("tmp_unreg")

@@ -86,18 +86,17 @@ def mfn() -> MobileFaceNet:
 
 
 @pytest.fixture(scope="module")
-def aligned(mfn) -> dict[str, torch.Tensor]:
+def aligned(mfn, mtcnn) -> dict[str, torch.Tensor]:
     """The dev faces, MTCNN-detected and aligned for MobileFaceNet: {identity: [4,3,112,112]}."""
     pytest.importorskip("facenet_pytorch")
     from PIL import Image
 
     from imguard.models.alignment import alignment_matrices, warp_faces
-    from imguard.models.detection import FaceDetector
 
     files = {i: sorted((FACES / i).glob("*.png")) for i in IDENTITIES}
     if any(len(v) < 2 for v in files.values()):
         pytest.skip(f"dev faces not found under {FACES}")
-    detector = FaceDetector()
+    detector = mtcnn
     out = {}
     for ident, paths in files.items():
         crops = []

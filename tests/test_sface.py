@@ -26,16 +26,15 @@ from imguard.models.sface import (  # noqa: E402
     load_sface,
 )
 
-FACES_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "assets" / "faces" / "dev"
 IDENTITIES = ("sample1", "sample2")
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
-def _face_files() -> dict:
-    if not FACES_DIR.is_dir():
-        pytest.skip(f"dev faces not found at {FACES_DIR}")
+@pytest.fixture(scope="module")
+def face_files(shared_assets) -> dict:
+    FACES_DIR = shared_assets / "faces" / "dev"
     files = {ident: sorted((FACES_DIR / ident).glob("*.png")) for ident in IDENTITIES}
     if any(len(v) < 2 for v in files.values()):
         pytest.skip(f"need at least two portraits per identity under {FACES_DIR}")
@@ -109,14 +108,13 @@ def _similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return mat
 
 
-def _align_faces(paths) -> torch.Tensor:
+def _align_faces(paths, detector) -> torch.Tensor:
     """MTCNN 5-point landmarks + similarity warp to ARCFACE_TEMPLATE_112 -> [N,3,112,112]."""
     pytest.importorskip("facenet_pytorch")
     kornia = pytest.importorskip("kornia")
-    from facenet_pytorch import MTCNN
     from PIL import Image
 
-    detector = MTCNN(select_largest=True, device="cpu")
+    detector = detector.mtcnn  # the session's MTCNN (select_largest=True)
     faces = []
     for path in paths:
         boxes, _, points = detector.detect(Image.open(path).convert("RGB"), landmarks=True)
@@ -142,9 +140,8 @@ def sface() -> SFace:
 
 
 @pytest.fixture(scope="module")
-def aligned():
-    files = _face_files()
-    return {ident: _align_faces(paths) for ident, paths in files.items()}
+def aligned(face_files, mtcnn):
+    return {ident: _align_faces(paths, mtcnn) for ident, paths in face_files.items()}
 
 
 # ------------------------------------------------------------------------------- tests
@@ -166,8 +163,8 @@ def test_api_and_frozen(sface):
         sface(torch.rand(1, 3, 100, 100))
 
 
-def test_parity_with_onnxruntime_real_faces(sface):
-    files = _face_files()
+def test_parity_with_onnxruntime_real_faces(sface, face_files):
+    files = face_files
     faces = torch.stack([_centre_crop_112(_load_rgb01(p)) for v in files.values() for p in v])
     reference = _ort_embed(_ort_session(default_sface_path()), faces)
     with torch.no_grad():

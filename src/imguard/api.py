@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from . import engine
 from .budget import Budget, quantize
-from .io import from_tensor, to_tensor
+from .io import from_tensor, resize_image, to_tensor, working_shape  # sizing helpers live in io; api.* kept as aliases
 from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
 from .photo import BIG_PHOTO_FACTOR
@@ -41,9 +41,9 @@ class ProtectionResult:
     seed: int
     working_size: tuple[int, int]
     models: dict
-    loss_history: torch.Tensor  #: [steps, B], the method's objective per step
-    initial_loss: list[float]
-    final_loss: list[float]
+    loss_history: torch.Tensor  #: [steps, B], the method's own loss per step (its sign: see ``maximize``)
+    initial_loss: list[float]  #: per image: the method's own loss at the clean image
+    final_loss: list[float]  #: per image: the method's own loss at the result
     seconds: float
     options: dict = field(default_factory=dict)
     strength: str | None = None  #: the preset used, if any
@@ -53,40 +53,46 @@ class ProtectionResult:
     check: list | None = None
     #: per image: the steps it took (fewer than ``steps`` when it stopped early)
     steps_run: list | None = None
+    #: whether the method maximises its loss; the *objective* is the loss when it does, its negation when not
+    maximize: bool = True
+
+    # One number, one sign, everywhere (progress bar, summary, web page, docs): the *objective*
+    # is what the method maximises, so higher always means a stronger protection.
+    @property
+    def sign(self) -> float:
+        return 1.0 if self.maximize else -1.0
+
+    @property
+    def initial_objective(self) -> list[float]:
+        """Per image: the objective (higher = stronger protection) at the clean image."""
+        return [self.sign * v for v in self.initial_loss]
+
+    @property
+    def final_objective(self) -> list[float]:
+        """Per image: the objective (higher = stronger protection) at the result."""
+        return [self.sign * v for v in self.final_loss]
+
+    @property
+    def objective_history(self) -> torch.Tensor:
+        """[steps, B]: the objective at each step, the numbers the progress bar shows."""
+        return self.loss_history * self.sign
 
     def summary(self) -> str:
         ach = ", ".join(f"{a:.2f}" for a in self.achieved)
         text = (
             f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}), "
             f"achieved {ach}/255, {self.steps} steps, "
-            f"objective {self.initial_loss[0]:.4g} -> {self.final_loss[0]:.4g}, {self.seconds:.1f}s"
+            f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
+            f"(higher = stronger), {self.seconds:.1f}s"
         )
         if self.check:
             text += "\n" + "\n".join(c.line() for c in self.check)
         return text
 
 
-def working_shape(h: int, w: int, long_side: int | None) -> tuple[int, int]:
-    """The optimisation size: long side ``long_side`` (None: native), both sides multiples of 8.
-
-    Images smaller than ``long_side`` are not enlarged: the optimisation runs at their own
-    size (rounded to multiples of 8), which is also the size an editor would see.
-    """
-    if long_side is None or max(h, w) <= long_side:
-        s = 1.0
-    else:
-        s = long_side / max(h, w)
-    hh = max(8, int(round(h * s / 8)) * 8)
-    ww = max(8, int(round(w * s / 8)) * 8)
-    return hh, ww
-
-
-def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of a [B,C,H,W] batch (antialiased when shrinking); no-op at the same size."""
-    if tuple(x.shape[-2:]) == tuple(size):
-        return x
-    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
+def objective_text(value: float) -> str:
+    """How the objective is printed, in the progress bar and the summary alike."""
+    return f"{value:.4g}"
 
 
 def _check_working_size(working_size: Any) -> None:
@@ -271,6 +277,8 @@ class Protector:
         if not preset_opts:
             strength = None  # another method than the preset's: its own defaults
         models = self.models_for(strength)
+        # every model the method needs loads now, and every failure is reported together, up front
+        models.load(tuple(n for n in m.needs if n in ("autoencoder", "face", "features")))
         overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
         opts = m.options(**{**preset_opts, **overrides})
         budget = Budget(opts["eps"], opts["norm"])
@@ -317,9 +325,11 @@ class Protector:
 
                 bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
 
-                def cb(i, n, loss, _user=callback):
+                sign = 1.0 if m.maximize else -1.0
+
+                def cb(i, n, loss, _user=callback, _sign=sign):
                     bar.update(1)
-                    bar.set_postfix(loss=f"{float(loss.mean()):.4g}")
+                    bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
                     if _user is not None:
                         _user(i, n, loss)
 
@@ -371,6 +381,7 @@ class Protector:
             strength=strength,
             check=checks,
             steps_run=[int(v) for v in res.steps_run],
+            maximize=m.maximize,
         )
 
     def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
@@ -425,6 +436,7 @@ class Protector:
             working_size=first.working_size, models=first.models, loss_history=ref.loss_history,
             initial_loss=ref.initial_loss, final_loss=ref.final_loss, seconds=time.perf_counter() - t0,
             options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
+            maximize=first.maximize,
             check=[res.check[0] for _, res in face_results if res.check] or None,
             steps_run=ref.steps_run,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,

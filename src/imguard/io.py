@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 
 #: File endings treated as images when a folder is given.
@@ -156,3 +157,29 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False) -> Path:
     img.save(tmp, format=fmt, **kwargs)
     os.replace(tmp, p)
     return p
+
+
+# ---------------------------------------------------------------------------------------
+# Sizing helpers
+# ---------------------------------------------------------------------------------------
+def working_shape(h: int, w: int, long_side: int | None) -> tuple[int, int]:
+    """The optimisation size: long side ``long_side`` (None: native), both sides multiples of 8.
+
+    Images smaller than ``long_side`` are not enlarged: the optimisation runs at their own
+    size (rounded to multiples of 8), which is also the size an editor would see.
+    """
+    if long_side is None or max(h, w) <= long_side:
+        s = 1.0
+    else:
+        s = long_side / max(h, w)
+    hh = max(8, int(round(h * s / 8)) * 8)
+    ww = max(8, int(round(w * s / 8)) * 8)
+    return hh, ww
+
+
+def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of a [B,C,H,W] batch (antialiased when shrinking); no-op at the same size."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)

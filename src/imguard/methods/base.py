@@ -76,6 +76,15 @@ def register(method: Method) -> Method:
     return method
 
 
+def unregister(name: str | Method) -> Method:
+    """Remove a registered method (e.g. a plug-in a test registered); returns it."""
+    key = name.name if isinstance(name, Method) else name
+    try:
+        return _REGISTRY.pop(key)
+    except KeyError:
+        raise ValueError(f"no method named {key!r} is registered; registered: {', '.join(_REGISTRY)}") from None
+
+
 def get_method(name: str | Method) -> Method:
     if isinstance(name, Method):
         return name

