@@ -161,7 +161,7 @@ def check_pixels(size: tuple[int, int], max_pixels: int | None, label: Any = "th
         raise ImageReadError(f"{label} is empty ({w}x{h} pixels)")
     if max_pixels is not None and w * h > max_pixels:
         raise ImageReadError(
-            f"{label} is {w}x{h} = {w * h / 1e6:.1f} megapixels, above the limit of {max_pixels / 1e6:g}; "
+            f"{label} is {w}x{h} = {w * h / 1e6:.1f} megapixels ({w * h} pixels), above the limit of {max_pixels} pixels; "
             "shrink it, or raise the limit (--max-pixels / max_pixels=)"
         )
 
