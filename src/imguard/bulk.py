@@ -302,7 +302,7 @@ class Runner:
         if job.sha256 is None:
             job.sha256 = file_sha256(job.src)
         img = read_image(job.src, max_pixels=self.opts.max_pixels)
-        x, info = to_tensor(img, name=str(job.src))
+        x, info = to_tensor(img, name=str(job.src), max_pixels=self.opts.max_pixels)
         return img, x, info
 
     def _batch(self, batch: list[Job]) -> None:

@@ -99,7 +99,7 @@ def _make_protector(args: argparse.Namespace, settings: dict):
 
     return Protector(
         args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
-        features=args.features, working_size=settings["working_size"],
+        features=args.features, working_size=settings["working_size"], max_pixels=args.max_pixels,
     )
 
 

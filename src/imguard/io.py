@@ -300,10 +300,10 @@ def _pil_to_array(image, name):
     if mode == "LAB":
         image = _lab_to_rgb(image)
     try:
-        rgb = np.asarray(image.convert("RGB"))
+        rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
     except ValueError as e:
         raise ImageReadError(f"{name}: PIL mode {mode!r} is not supported ({e}); convert it to RGB first") from e
-    return rgb.astype(np.float32) / 255.0, None
+    return rgb, None  # uint8: made float once, in torch (bounded memory for big photos)
 
 
 def _la_to_rgba(image) -> np.ndarray:
@@ -321,16 +321,16 @@ def _lab_to_rgb(image):
     return ImageCms.applyTransform(image, t)
 
 
-def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = None) -> tuple[torch.Tensor, ImageInfo]:
+def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, ImageInfo]:
     """Any supported image to a float32 batch [B,3,H,W] in [0,1] (on CPU for PIL/ndarray).
 
-    ``name`` labels the image in errors; ``max_pixels`` refuses larger images (None: no limit
-    here; file paths are read with :data:`DEFAULT_MAX_PIXELS` unless given)."""
+    ``name`` labels the image in errors; images above ``max_pixels`` (width x height) are
+    refused (None: no limit)."""
     from PIL import Image, ImageOps
 
     if isinstance(image, (str, os.PathLike)):
         name = name or str(image)
-        image = read_image(image, max_pixels=max_pixels if max_pixels is not None else DEFAULT_MAX_PIXELS)
+        image = read_image(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
         label = _label(image, name)
         _check_frames(image, label)
@@ -340,6 +340,7 @@ def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = None
         rgb, a = _pil_to_array(image, label)
         alpha = torch.from_numpy(a.copy())[None, None] if a is not None else None
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         return x, ImageInfo(kind="pil", alpha=alpha, pil_mode=image.mode, srgb_tagged=bool(image.info.get("imguard_srgb")))
     if isinstance(image, np.ndarray):
         return _ndarray_to_tensor(image, name or "the array", max_pixels)
@@ -413,8 +414,11 @@ def from_tensor(x: torch.Tensor, info: ImageInfo):
 
     x = x.detach()
     if info.kind == "tensor":
-        x = x.float().clamp(0, 1)
-        out = (x * 255).round().to(torch.uint8) if info.dtype == torch.uint8 else x.to(info.dtype)
+        if x.dtype == torch.uint8:  # 8-bit levels (the protected image from budget.finalize)
+            out = x if info.dtype == torch.uint8 else (x.float() / 255.0).to(info.dtype)
+        else:
+            x = x.float().clamp(0, 1)
+            out = (x * 255).round().to(torch.uint8) if info.dtype == torch.uint8 else x.to(info.dtype)
         out = out.to(info.device)
         return out if info.batched else out[0]
     arr8 = to_uint8_hwc(x[0])
@@ -441,12 +445,15 @@ def from_tensor(x: torch.Tensor, info: ImageInfo):
 
 
 def to_uint8_hwc(x: torch.Tensor, band: int = 512) -> np.ndarray:
-    """[3,H,W] float in [0,1] (on the 8-bit grid) to an HxWx3 uint8 array, in row bands so no
-    full-size float copy is made."""
+    """[3,H,W] uint8, or float in [0,1] (on the 8-bit grid), to an HxWx3 uint8 array, in row
+    bands so no full-size float copy is made."""
     _, H, W = x.shape
     out = np.empty((H, W, 3), dtype=np.uint8)
     for r in range(0, H, band):
-        b = x[:, r : r + band].float().clamp(0, 1).mul(255).round_().to(torch.uint8).cpu()
+        b = x[:, r : r + band]
+        if b.dtype != torch.uint8:
+            b = b.float().clamp(0, 1).mul(255).round_().to(torch.uint8)
+        b = b.cpu()
         out[r : r + band] = b.permute(1, 2, 0).numpy()
     return out
 
