@@ -42,10 +42,15 @@ class FastProtector:
         self.calls.append(list(names or []))
         if any("boom" in Path(n).name for n in names or []):
             raise RuntimeError("the fake protector fails on files named boom")
+        from imguard.io import from_tensor, to_tensor
+
+        image = x
+        x, info = to_tensor(image)
         g = torch.Generator().manual_seed(0)
         pattern = torch.randint(0, 2, x.shape[1:], generator=g).float() * 4 - 2
         out = ((x * 255).round() + pattern).clamp(0, 255) / 255
         achieved = [round(float((o - i).abs().max() * 255), 3) for o, i in zip(out, x)]
+        out = from_tensor(out, info)  # type in == type out, as the real one
         check = [SimpleNamespace(line=lambda s=self.check_line: s) for _ in names] if self.check_line else None
         return SimpleNamespace(image=out, achieved=achieved, eps=self.eps, method="fake", steps=1, seconds=0.0, check=check)
 

@@ -186,3 +186,20 @@ def test_random_uint8_images_through_a_png_file_are_exact(tmp_path_factory, h, w
     x, info = to_tensor(p)
     img = from_tensor(x, info)
     assert np.array_equal(np.asarray(img), arr)
+
+
+@pytest.mark.parametrize("ext", ["heic", "avif"])
+def test_heic_and_avif_with_the_heif_extra(tmp_path, ext):
+    pytest.importorskip("pillow_heif")
+    from imguard.io import HEIF_AVAILABLE
+
+    assert HEIF_AVAILABLE
+    yy, xx = np.mgrid[0:16, 0:24]
+    arr = np.stack([xx * 10, yy * 15, 255 - xx * 10], axis=2).astype(np.uint8)  # smooth: lossy codecs keep it
+    try:
+        Image.fromarray(arr).save(tmp_path / f"a.{ext}", quality=95)
+    except (OSError, KeyError, ValueError) as e:  # pragma: no cover - a build without that encoder
+        pytest.skip(f"pillow-heif cannot write {ext} here: {e}")
+    x, _ = to_tensor(tmp_path / f"a.{ext}")
+    assert x.shape == (1, 3, 16, 24)
+    assert np.abs(np.round(x[0].permute(1, 2, 0).numpy() * 255) - arr).mean() < 8  # lossy, but close

@@ -242,8 +242,9 @@ class Protector:
             raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
         call = dict(method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress,
                     callback=callback, early_stop=early_stop, names=names, **method_options)
+        loaded = None
         if faces_first and mask is None:
-            x_in, info_in = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
+            x_in, info_in = loaded = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
             m0 = get_method(method or (get_preset(strength).method if strength else self.method))
             big = self.working_size is not None and max(x_in.shape[-2:]) > self.working_size * BIG_PHOTO_FACTOR
             if x_in.shape[0] == 1 and "face" in m0.needs and (big or faces_first is True):
@@ -282,7 +283,7 @@ class Protector:
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
 
-        x_native, info = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
+        x_native, info = loaded or to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
         B, _, H, W = x_native.shape
         size = working_shape(H, W, self.working_size)
         mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None

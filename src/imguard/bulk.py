@@ -334,9 +334,9 @@ class Runner:
                         return
                 return
         for item in loaded:
-            job, _, x, _ = item
-            try:
-                res = self._protect(x, [job])
+            job, img, x, _ = item
+            try:  # one file: the image itself, so the result comes back 8-bit (no full-size float copy)
+                res = self._protect(img, [job])
             except FatalError:
                 raise
             except Exception as e:  # noqa: BLE001 - reported per file, the rest go on
@@ -360,9 +360,11 @@ class Runner:
     def _finish(self, item, res, k: int, n: int) -> None:
         from .io import exif_without_location, from_tensor, save_image, srgb_profile_bytes
 
+        from PIL import Image
+
         job, img, _, info = item
         try:
-            out = from_tensor(res.image[k : k + 1], info)
+            out = res.image if isinstance(res.image, Image.Image) else from_tensor(res.image[k : k + 1], info)
             exif = None
             if self.opts.keep_metadata:
                 exif = exif_without_location(img)

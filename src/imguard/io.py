@@ -339,7 +339,7 @@ def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = DEFA
             image = _prepared(image, label)
         rgb, a = _pil_to_array(image, label)
         alpha = torch.from_numpy(a.copy())[None, None] if a is not None else None
-        x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)[None]
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
         return x, ImageInfo(kind="pil", alpha=alpha, pil_mode=image.mode, srgb_tagged=bool(image.info.get("imguard_srgb")))
     if isinstance(image, np.ndarray):
@@ -397,7 +397,8 @@ def _tensor_to_tensor(image: torch.Tensor, name: str, max_pixels):
                 f"{name}: float values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
                 "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
             )
-        x = x.clamp(0, 1)
+        if lo < 0 or hi > 1:  # within the tolerance: clipped (no full-size copy otherwise)
+            x = x.clamp(0, 1)
     else:
         raise ImageReadError(f"{name}: unsupported tensor dtype {t.dtype}: use float in [0,1] or uint8")
     return x, ImageInfo(kind="tensor", dtype=image.dtype, device=image.device, batched=batched)
