@@ -55,14 +55,34 @@ def _photo(path: Path, w: int, h: int) -> None:
     Image.fromarray(img).save(path, quality=90)
 
 
+def _peak_kb() -> int:
+    """This process's peak RSS (VmHWM: per address space, so not inherited across exec, unlike
+    getrusage's ru_maxrss on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def make(args) -> None:
+    """In its own process: the tiny autoencoder and the photo (so the measuring process is fresh)."""
+    if not Path(args.vae).exists():
+        _tiny_vae(Path(args.vae))
+    w, h = (int(v) for v in args.size.split("x"))
+    _photo(Path(args.image), w, h)
+
+
 def child(args) -> None:
     """One measurement (in a fresh process): protect the photo, report peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_kb()
     from imguard.cli import main  # noqa: E402  (imported after the baseline on purpose)
 
     import torch  # noqa: F401
 
-    after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after_import = _peak_kb()
     argv = ["protect", args.image, "-o", args.out, "--method", "encoder", "--steps", "1", "--seed", "0",
             "--vae", args.vae, "--device", "cpu", "-q", "--working-size", "64"]
     if not args.legacy:
@@ -70,7 +90,7 @@ def child(args) -> None:
     t0 = time.perf_counter()
     rc = main(argv)
     secs = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    peak = _peak_kb()
     print(json.dumps({"rc": rc, "peak_kb": peak, "import_kb": after_import, "start_kb": before, "seconds": secs}))
 
 
@@ -80,21 +100,25 @@ def main() -> None:
     ap.add_argument("--src", default=str(ROOT / "src"), help="the imguard sources to measure (PYTHONPATH)")
     ap.add_argument("--legacy", action="store_true", help="the measured checkout has no --max-pixels")
     ap.add_argument("--_child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--image"), ap.add_argument("--out"), ap.add_argument("--vae")
+    ap.add_argument("--_make", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--image"), ap.add_argument("--out"), ap.add_argument("--vae"), ap.add_argument("--size")
     args = ap.parse_args()
     if args._child:
         return child(args)
+    if args._make:
+        return make(args)
     torch_threads = os.environ.get("OMP_NUM_THREADS", "")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        vae = _tiny_vae(tmp / "vae")
+        vae = tmp / "vae"
         print(f"sources: {args.src}" + (f"  OMP_NUM_THREADS={torch_threads}" if torch_threads else ""))
         print("| photo | megapixels | peak RSS | RSS after imports | native-size work (peak - imports) | seconds |")
         print("| --- | --- | --- | --- | --- | --- |")
         for spec in args.sizes.split(","):
             w, h = (int(v) for v in spec.lower().split("x"))
             img = tmp / f"photo_{w}x{h}.jpg"
-            _photo(img, w, h)
+            subprocess.run([sys.executable, __file__, "--_make", "--image", str(img), "--vae", str(vae), "--size", f"{w}x{h}"],
+                           check=True)
             cmd = [sys.executable, __file__, "--_child", "--image", str(img), "--out", str(tmp / f"out_{w}"), "--vae", str(vae)]
             if args.legacy:
                 cmd.append("--legacy")

@@ -22,9 +22,11 @@ Reading rules (never guessed from the pixel values):
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import os
 import struct
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,7 +110,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     if p.stat().st_size == 0:
         raise ImageReadError(f"cannot read image {p}: the file is empty (0 bytes)")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _bomb_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as im:
                 _check_frames(im, p)
@@ -130,6 +132,27 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
             IndexError, KeyError, struct.error, MemoryError) as e:
         raise ImageReadError(f"cannot read image {p}: not a readable image file ({type(e).__name__}: {e})") from e
     return to_srgb(im, str(p))
+
+
+_BOMB_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _bomb_limit(max_pixels: int | None):
+    """Pillow's decompression-bomb limit raised to ``max_pixels`` while a file is opened (the
+    size is checked against ``max_pixels`` before decoding); None keeps Pillow's own limit."""
+    from PIL import Image
+
+    default = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or default is None or max_pixels <= default:
+        yield
+        return
+    with _BOMB_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
 
 
 def _tiff_tags(im) -> dict:
