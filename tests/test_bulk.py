@@ -316,8 +316,12 @@ def test_kill_minus_9_then_rerun_completes_only_the_missing(tmp_path, tiny_vae_d
            "--steps", "1", "--seed", "0", "--vae", str(tiny_vae_dir), "--device", "cpu", "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 120
-    while not list(out.glob("*.png")) and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
+    def done_lines():
+        path = out / MANIFEST_NAME
+        return path.exists() and b'"status": "done"' in path.read_bytes()
+
+    while not (list(out.glob("*.png")) and done_lines()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)  # the first output is there and recorded; the run sleeps 1.5 s before the next
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done_before = {r["output"] for r in _manifest(out) if r["status"] == "done"}
@@ -337,3 +341,20 @@ def test_kill_minus_9_then_rerun_completes_only_the_missing(tmp_path, tiny_vae_d
         d = np.abs(np.asarray(im).astype(int) - np.asarray(Image.open(src / f"k{i}.png")).astype(int))
         assert d.max() <= 4
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_keep_metadata_on_a_colour_managed_photo_tags_srgb(tmp_path, fast):
+    from icc_profiles import matrix_profile
+    from PIL import ImageCms
+    import io as _io
+
+    arr = np.random.default_rng(0).integers(30, 200, (16, 24, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(tmp_path / "wide.jpg", icc_profile=matrix_profile("Adobe RGB-like"), exif=_exif_with_gps(), quality=95)
+    for flag in ([], ["--keep-metadata"]):
+        out = tmp_path / f"o{len(flag)}"
+        assert _run(tmp_path / "wide.jpg", "-o", out, "-q", *flag) == 0
+        with Image.open(out / "wide.png") as im:
+            prof = ImageCms.ImageCmsProfile(_io.BytesIO(im.info["icc_profile"]))
+            assert "srgb" in ImageCms.getProfileDescription(prof).lower()
+            ex = im.getexif()
+            assert (ex.get(0x010F) == "TestCam") == bool(flag) and 0x8825 not in ex

@@ -296,12 +296,16 @@ class Runner:
             self._batch([job for job, _ in batch])
         return self.report
 
-    def _load(self, job: Job):
+    def _load(self, job: Job, as_tensor: bool):
+        """(image, float tensor or None, its ImageInfo or None): the tensor only for a batch of
+        several (a single file goes to the protector as its image: one float copy, not two)."""
         from .io import read_image, to_tensor
 
         if job.sha256 is None:
             job.sha256 = file_sha256(job.src)
         img = read_image(job.src, max_pixels=self.opts.max_pixels)
+        if not as_tensor:
+            return img, None, None
         x, info = to_tensor(img, name=str(job.src), max_pixels=self.opts.max_pixels)
         return img, x, info
 
@@ -311,7 +315,7 @@ class Runner:
         loaded = []
         for job in batch:
             try:
-                loaded.append((job, *self._load(job)))
+                loaded.append((job, *self._load(job, as_tensor=len(batch) > 1)))
             except (ImageReadError, OSError, MemoryError) as e:
                 self.fail(job, e)
                 if self.stop:
@@ -334,7 +338,7 @@ class Runner:
                         return
                 return
         for item in loaded:
-            job, img, x, _ = item
+            job, img, _, _ = item
             try:  # one file: the image itself, so the result comes back 8-bit (no full-size float copy)
                 res = self._protect(img, [job])
             except FatalError:
@@ -368,7 +372,7 @@ class Runner:
             exif = None
             if self.opts.keep_metadata:
                 exif = exif_without_location(img)
-                if img.info.get("icc_profile") or info.srgb_tagged:
+                if img.info.get("icc_profile") or img.info.get("imguard_srgb"):
                     out.info["icc_profile"] = srgb_profile_bytes()
             save_image(out, job.dst, overwrite=job.replace, exif=exif)
         except Exception as e:  # noqa: BLE001 - a file that cannot be written is that file's failure
