@@ -9,7 +9,6 @@ file, with a summary that adds up.
 from __future__ import annotations
 
 import io as _io
-import os
 import struct
 import zlib
 from dataclasses import dataclass

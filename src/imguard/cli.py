@@ -6,7 +6,6 @@ import argparse
 import os
 import sys
 import warnings
-from pathlib import Path
 
 from .io import DEFAULT_MAX_PIXELS
 

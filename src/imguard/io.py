@@ -349,7 +349,7 @@ def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = DEFA
 
     ``name`` labels the image in errors; images above ``max_pixels`` (width x height) are
     refused (None: no limit)."""
-    from PIL import Image, ImageOps
+    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
         name = name or str(image)
