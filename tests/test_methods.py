@@ -101,8 +101,10 @@ def test_unknown_option_lists_the_methods_options(image64, tiny_protector):
         tiny_protector.protect(image64, method="facelock", lambda_fee=2)
 
 
-def test_custom_method_plugs_in(tiny_protector, image64):
-    from imguard.methods import Method, register
+def test_custom_method_plugs_in(tiny_protector, image64, monkeypatch):
+    from imguard.methods import Method, base, register
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # registered for this test only
 
     def prepare(x, models, opts):
         return {"x": x}
