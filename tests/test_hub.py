@@ -325,12 +325,12 @@ def test_cli_models_list_and_fetch(env, tmp_path, capsys):
         main(["models", "fetch", "all", "--from", str(raw)])
 
 
-def test_protect_offline_flag_sets_the_environment(monkeypatch, tmp_path):
+def test_protect_offline_flag_sets_the_environment(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("IMGUARD_OFFLINE", "0")
     args = build_parser().parse_args(["protect", "x.png", "-o", str(tmp_path), "--offline"])
     assert args.offline is True
-    with pytest.raises(SystemExit, match="not found"):
-        main(["protect", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out"), "--offline"])
+    assert main(["protect", str(tmp_path / "missing.png"), "-o", str(tmp_path / "out"), "--offline"]) == 2
+    assert "input not found" in capsys.readouterr().err
     assert os.environ["IMGUARD_OFFLINE"] == "1" and hub.is_offline()
 
 

@@ -6,7 +6,7 @@
     imguard.methods()                                     # what is available
 """
 
-from .api import Protector, ProtectionResult, methods, protect
+from .api import ItemError, Protector, ProtectionResult, methods, protect
 from .budget import Budget
 from .io import ImageReadError
 from .models import ModelLoadError, Models, NoFaceError
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Budget",
     "ImageReadError",
+    "ItemError",
     "ModelLoadError",
     "Models",
     "NoFaceError",

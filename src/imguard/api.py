@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from . import engine
-from .budget import Budget, quantize
-from .io import from_tensor, resize_image, to_tensor, working_shape  # sizing helpers live in io; api.* kept as aliases
+from .budget import Budget, finalize
+from .io import DEFAULT_MAX_PIXELS, from_tensor, resize_image, to_tensor, working_shape  # sizing helpers live in io; api.* kept as aliases
 from .methods import ENGINE_OPTIONS, get_method, method_names
 from .models import Models
 from .photo import BIG_PHOTO_FACTOR
@@ -165,6 +165,7 @@ class Protector:
         working_size: int | None = DEFAULT_WORKING_SIZE,
         check: bool | str = True,
         speedups: bool = True,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ):
         # a named method without a strength runs with that method's own (paper) defaults
         if strength is None and method is None:
@@ -189,6 +190,9 @@ class Protector:
             self._fixed_models = None
         else:
             self._fixed_models = None
+        if max_pixels is not None and (isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1):
+            raise ValueError(f"max_pixels must be a whole number >= 1, or None for no limit; got {max_pixels!r}")
+        self.max_pixels = max_pixels
         self.working_size = working_size
         self.check_enabled = check
         self._checker = None
@@ -215,6 +219,15 @@ class Protector:
                 if "detector" in first._cache:
                     self._models[key]._cache["detector"] = first._cache["detector"]
         return self._models[key]
+
+    def load_models(self, method: str | None = None, strength: str | None = None) -> Models:
+        """Load now every model a protection (by default the protector's own) needs; every
+        model that fails is reported together (:class:`~imguard.models.ModelLoadError`)."""
+        strength = strength if strength is not None else (self.strength if method is None else None)
+        m = get_method(method or (get_preset(strength).method if strength else self.method))
+        models = self.models_for(strength if (strength and get_preset(strength).method == m.name) else None)
+        models.load(tuple(n for n in m.needs if n in ("autoencoder", "face", "features")))
+        return models
 
     @property
     def models(self) -> Models:
@@ -258,8 +271,9 @@ class Protector:
             raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
         call = dict(method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress,
                     callback=callback, early_stop=early_stop, names=names, **method_options)
+        loaded = None
         if faces_first and mask is None:
-            x_in, info_in = to_tensor(image)
+            x_in, info_in = loaded = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
             m0 = get_method(method or (get_preset(strength).method if strength else self.method))
             big = self.working_size is not None and max(x_in.shape[-2:]) > self.working_size * BIG_PHOTO_FACTOR
             if x_in.shape[0] == 1 and "face" in m0.needs and (big or faces_first is True):
@@ -276,9 +290,8 @@ class Protector:
         preset_opts = dict(preset.options) if (preset and m.name == preset.method) else {}
         if not preset_opts:
             strength = None  # another method than the preset's: its own defaults
-        models = self.models_for(strength)
         # every model the method needs loads now, and every failure is reported together, up front
-        models.load(tuple(n for n in m.needs if n in ("autoencoder", "face", "features")))
+        models = self.load_models(m.name, strength)
         overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
         opts = m.options(**{**preset_opts, **overrides})
         budget = Budget(opts["eps"], opts["norm"])
@@ -300,15 +313,14 @@ class Protector:
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
 
-        x_native, info = to_tensor(image)
+        x_native, info = loaded or to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
         B, _, H, W = x_native.shape
         size = working_shape(H, W, self.working_size)
         mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None
 
         with self._lock:  # one optimisation at a time per Protector (models are shared)
             dev = self.device
-            x_nat_dev = x_native.to(dev)
-            x = resize_image(x_nat_dev, size)
+            x = resize_image(x_native.to(dev), size)
             mask_work = resize_image(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
             prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
             prep_opts["names"] = list(names) if names else None
@@ -342,23 +354,12 @@ class Protector:
                 if bar is not None:
                     bar.close()
 
-            delta = res.delta
-            if tuple(size) != (H, W):
-                delta = F.interpolate(delta, size=(H, W), mode="bilinear", align_corners=False)
-            if mask_native is not None:
-                delta = delta * mask_native.to(dev)
-            delta = budget.project(delta)
-            x_adv = (x_nat_dev + delta).clamp(0, 1)
-            out = quantize(x_nat_dev, x_adv, budget)
-            if mask_native is not None:  # rounding must not touch pixels outside the mask
-                keep = mask_native.to(dev).expand_as(out) > 0
-                out = torch.where(keep, out, quantize(x_nat_dev, x_nat_dev, budget))
-            achieved = budget.measure(out - x_nat_dev)
+            out, achieved = finalize(x_native, res.delta, budget, mask_native)  # uint8, in row bands
             if not bool((achieved <= budget.eps + 1e-3).all()):
                 raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
             checks = None
             if return_result and self.check_enabled and "face" in m.needs:
-                checks = self._run_check(x, resize_image(out, size), models)
+                checks = self._run_check(x, resize_image(out.to(dev).float().div_(255), size), models)
 
         result_image = from_tensor(out, info)
         if not return_result:
@@ -443,23 +444,61 @@ class Protector:
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
         )
 
-    def protect_many(self, images: Sequence[Any], *, batch_size: int = 8, **kwargs: Any) -> list:
-        """Protect a list of images, batching those that share a size (platform use)."""
+    def protect_many(self, images: Sequence[Any], *, batch_size: int = 8, errors: str = "raise",
+                     names: Sequence[str] | None = None, **kwargs: Any) -> list:
+        """Protect a list of images, batching those that share a size (platform use).
+
+        A batch that fails is retried one image at a time, so one bad image does not take its
+        batch mates down. ``errors="raise"`` (default) raises :class:`ItemError` (its
+        ``index``, ``name`` and ``reason``; the original exception as ``__cause__``) for the
+        first image that fails; ``errors="return"`` puts the :class:`ItemError` in that
+        image's slot of the returned list instead and goes on.
+        """
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+        if errors not in ("raise", "return"):
+            raise ValueError(f"errors must be 'raise' or 'return', got {errors!r}")
+        if names is not None and len(names) != len(images):
+            raise ValueError(f"names has {len(names)} entries for {len(images)} images; give one name per image")
+        label = [str(names[i]) if names is not None else f"item {i}" for i in range(len(images))]
+        kwargs.pop("return_result", None)
         out: list = [None] * len(images)
+
+        def failed(i: int, e: Exception) -> None:
+            err = ItemError(i, label[i], e)
+            if errors == "raise":
+                raise err from e
+            out[i] = err
+
         groups: dict[tuple, list[int]] = {}
-        loaded = []
+        loaded: dict[int, tuple] = {}
         for i, img in enumerate(images):
-            x, info = to_tensor(img)
-            loaded.append((x, info))
-            groups.setdefault(tuple(x.shape[-2:]), []).append(i)
+            try:
+                loaded[i] = to_tensor(img, name=label[i], max_pixels=self.max_pixels)
+            except Exception as e:  # noqa: BLE001 - reported for this item
+                failed(i, e)
+                continue
+            groups.setdefault(tuple(loaded[i][0].shape[-3:]), []).append(i)
         for idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                xb = torch.cat([loaded[i][0] for i in chunk])
-                prot = self.protect(xb, **kwargs)
+                try:
+                    prot = self.protect(torch.cat([loaded[i][0] for i in chunk]), names=[label[i] for i in chunk], **kwargs)
+                except Exception as e:  # noqa: BLE001 - retried one by one
+                    if len(chunk) == 1:
+                        failed(chunk[0], e)
+                        continue
+                    prot = None
                 for j, i in enumerate(chunk):
-                    _, info = loaded[i]
-                    out[i] = from_tensor(prot[j : j + 1], info)
+                    if prot is None:
+                        try:
+                            one = self.protect(loaded[i][0], names=[label[i]], **kwargs)
+                        except Exception as e:  # noqa: BLE001
+                            failed(i, e)
+                            continue
+                    else:
+                        one = prot[j : j + 1]
+                    out[i] = from_tensor(one, loaded[i][1])
         return out
 
 
@@ -482,6 +521,15 @@ def _margin_stop(m, ctx, opts: dict, steps: int):
         return m.fooled(x_adv, ctx, float(margin))
 
     return stop
+
+
+class ItemError(Exception):
+    """One image of :meth:`Protector.protect_many` failed: which one and why."""
+
+    def __init__(self, index: int, name: str, error: BaseException):
+        self.index, self.name, self.error = index, name, error
+        self.reason = str(error) or type(error).__name__
+        super().__init__(f"image {index} ({name}) failed: {type(error).__name__}: {self.reason}")
 
 
 _DEFAULT_PROTECTORS: dict[tuple, Protector] = {}
@@ -508,6 +556,7 @@ def protect(
     features: Any = "ae",
     working_size: int | None = DEFAULT_WORKING_SIZE,
     return_result: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     **method_options: Any,
 ):
     """Protect one image (or a batch tensor) against diffusion editing.
@@ -517,14 +566,16 @@ def protect(
     ``eps`` (in /255 pixel units), ``steps``, models and method options override it.
     Models are loaded once and cached between calls; for control over their lifetime use
     :class:`Protector`. With ``return_result=True`` the :class:`ProtectionResult` carries the
-    measured budget and the protection check.
+    measured budget and the protection check. Images above ``max_pixels`` (default 50
+    megapixels; None: no limit) are refused with :class:`~imguard.ImageReadError`.
     """
     dev = resolve_device(device)
-    key = (str(dev), _model_key(vae), _model_key(face_model), _model_key(features), working_size)
+    key = (str(dev), _model_key(vae), _model_key(face_model), _model_key(features), working_size, max_pixels)
     with _DEFAULT_LOCK:
         p = _DEFAULT_PROTECTORS.get(key)
         if p is None:
-            p = Protector(device=dev, vae=vae, face_model=face_model, features=features, working_size=working_size)
+            p = Protector(device=dev, vae=vae, face_model=face_model, features=features, working_size=working_size,
+                          max_pixels=max_pixels)
             _DEFAULT_PROTECTORS[key] = p
     if strength is None and method is None:
         strength = DEFAULT_STRENGTH

