@@ -283,15 +283,20 @@ def _checked_float(f: np.ndarray, name: str) -> np.ndarray:
     """Float pixels: finite, in [0,1] (clipped when within FLOAT_TOLERANCE of it)."""
     if f.size == 0:
         raise ImageReadError(f"{name} is empty (shape {f.shape})")
-    if not np.isfinite(f).all():
-        raise ImageReadError(f"{name} contains NaN or infinite values; replace them (e.g. numpy.nan_to_num) before protecting")
-    lo, hi = float(f.min()), float(f.max())
+    finite = bool(np.isfinite(f).all())
+    _check_float_values(name, finite, float(f.min()) if finite else 0.0, float(f.max()) if finite else 0.0, "e.g. numpy.nan_to_num")
+    return np.clip(f, 0, 1).astype(np.float32, copy=False)
+
+
+def _check_float_values(name: str, finite: bool, lo: float, hi: float, fix: str) -> None:
+    """The rules for float pixels (arrays and tensors alike): finite, and in [0,1] up to FLOAT_TOLERANCE."""
+    if not finite:
+        raise ImageReadError(f"{name} contains NaN or infinite values; replace them ({fix}) before protecting")
     if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
         raise ImageReadError(
             f"{name}: float values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
             "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
         )
-    return np.clip(f, 0, 1).astype(np.float32, copy=False)
 
 
 _ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
@@ -413,14 +418,9 @@ def _tensor_to_tensor(image: torch.Tensor, name: str, max_pixels):
         x = t.float() / 255.0
     elif t.is_floating_point():
         x = t.float()
-        if not bool(torch.isfinite(x).all()):
-            raise ImageReadError(f"{name} contains NaN or infinite values; replace them (torch.nan_to_num) before protecting")
-        lo, hi = float(x.min()), float(x.max())
-        if lo < -FLOAT_TOLERANCE or hi > 1 + FLOAT_TOLERANCE:
-            raise ImageReadError(
-                f"{name}: float values must be in [0,1], got [{lo:.3g}, {hi:.3g}] "
-                "(for 0..255 data pass uint8; for [-1,1] data use (x+1)/2)"
-            )
+        finite = bool(torch.isfinite(x).all())
+        lo, hi = (float(x.min()), float(x.max())) if finite else (0.0, 0.0)
+        _check_float_values(name, finite, lo, hi, "torch.nan_to_num")
         if lo < 0 or hi > 1:  # within the tolerance: clipped (no full-size copy otherwise)
             x = x.clamp(0, 1)
     else:
