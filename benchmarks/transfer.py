@@ -19,8 +19,13 @@ Configurations:
   NAME@key=value@key=value             any of the above with options overridden, e.g.
                                        medium@momentum=0@diversity=0 (technique ablations;
                                        '+' joins EOT transforms: @eot=jpeg+identity)
+  PRESET@vae=A@face_model=B+C          the preset against other models (leave-one-out:
+                                       high@vae=taesd is judged through TAEF2 unattacked)
 
-Writes report.json (every number) and report.md; prints the Markdown table.
+Writes report.json (every number) and report.md; prints the Markdown table. Each protected
+face is kept under OUT/protected/CONFIG/ (PNG, lossless: outputs are on the 8-bit grid, with
+its seconds in a .json beside it): a run that was stopped, or rerun with a larger --limit,
+protects only the faces it has not protected yet and judges them all.
 """
 
 from __future__ import annotations
@@ -30,11 +35,13 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -64,13 +71,18 @@ def parse_config(text: str) -> dict:
     """A configuration name -> {label, strength, method, face_model, vae, options}."""
     base, *overrides = text.split("@")
     opts = dict(kv.split("=", 1) for kv in overrides)
-    opts = {k: (v.replace("+", ",") if k == "eot" else _value(v)) for k, v in opts.items()}
+    opts = {k: (v.replace("+", ",") if k in ("eot", "vae", "face_model") else _value(v)) for k, v in opts.items()}
     if base in PRESETS:
         p = PRESETS[base]
-        return {"label": text, "strength": base, "method": p.method, "face_model": p.face_model, "vae": p.vae, "options": opts}
-    method, faces, vaes = base.split("-", 2)
-    return {"label": text, "strength": None, "method": method, "face_model": faces.replace("+", ","),
-            "vae": vaes.replace("+", ","), "options": opts}
+        cfg = {"label": text, "strength": base, "method": p.method, "face_model": p.face_model, "vae": p.vae}
+    else:
+        method, faces, vaes = base.split("-", 2)
+        cfg = {"label": text, "strength": None, "method": method, "face_model": faces.replace("+", ","),
+               "vae": vaes.replace("+", ",")}
+    for k in ("face_model", "vae"):  # models named in an override replace the preset's (leave-one-out)
+        if k in opts:
+            cfg[k] = opts.pop(k)
+    return {**cfg, "options": opts}
 
 
 def load_faces(folders: list[Path], size: int, limit: int | None) -> tuple[list[str], torch.Tensor]:
@@ -99,11 +111,14 @@ def main(argv=None) -> int:
     ap.add_argument("--limit", type=int, default=None, help="only the first N faces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--judges", default=",".join(JUDGES))
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
                     help="local weights for a recognizer (e.g. facenet=/path/facenet_keras_2024.h5); else the model cache")
     args = ap.parse_args(argv)
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device) if args.device else imguard.runtime.resolve_device(None)
     paths = dict(kv.split("=", 1) for kv in args.model_path)
 
@@ -176,16 +191,29 @@ def main(argv=None) -> int:
         opts = dict(cfg["options"])
         if args.steps:
             opts["steps"] = args.steps
-        t0 = time.perf_counter()
-        outs = []
+        keep = args.out / "protected" / re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+        keep.mkdir(parents=True, exist_ok=True)
+        outs, secs, effective = [], [], None
         for i in range(x.shape[0]):
+            png, meta = keep / f"{stems[i]}.png", keep / f"{stems[i]}.json"
+            if png.exists() and meta.exists():  # protected by an earlier run of the same configuration
+                outs.append(to_tensor(read_image(png))[0])
+                m = json.loads(meta.read_text())
+                secs.append(m["seconds"])
+                effective = effective or m.get("options")
+                continue
+            t0 = time.perf_counter()
             res = p.protect(x[i : i + 1], seed=args.seed, return_result=True, names=[stems[i]], **opts)
+            secs.append(time.perf_counter() - t0)
+            effective = {k: v for k, v in res.options.items()}
             outs.append(res.image)
-            print(f"[{text}] {stems[i]}: {res.summary().splitlines()[0]}", flush=True)
+            imguard.io.save_image(Image.fromarray(imguard.io.to_uint8_hwc(res.image[0])), png, overwrite=True)
+            meta.write_text(json.dumps({"seconds": round(secs[-1], 2), "steps_run": res.steps_run,
+                                        "options": effective}, default=str))
+            print(f"[{text}] {stems[i]}: {secs[-1]:.0f} s, {res.summary().splitlines()[0]}", flush=True)
         xp = torch.cat(outs)
-        secs = (time.perf_counter() - t0) / x.shape[0]
         entry = {"config": cfg, "attacked_face_models": sorted(attacked), "attacked_vaes": cfg["vae"].split(","),
-                 "effective_options": {k: v for k, v in res.options.items()}, "seconds_per_image": round(secs, 2),
+                 "effective_options": effective, "seconds_per_image": round(sum(secs) / len(secs), 2),
                  "psnr": round(float(psnr(x, xp).mean()), 2), "ssim": round(float(ssim(x, xp).mean()), 4),
                  "linf_255": round(float((xp - x).abs().max() * 255), 2), "rows": judge_all(conditions(xp), attacked)}
         report["configs"].append(entry)

@@ -112,6 +112,11 @@ def test_presets_are_named_sets_and_explicit_options_override(tiny_models, image
     # a named method without a strength: the paper's defaults
     q = imguard.Protector("facelock", models=tiny_models, working_size=64, check=False)
     assert q.strength is None
+    # a protector made for another method keeps it, with a strength given too (the preset is facelock's)
+    r = imguard.Protector("encoder", strength="high", models=tiny_models, working_size=64, check=False)
+    res = r.protect(image64, steps=2, seed=0, return_result=True)
+    assert res.method == "encoder" and res.strength is None and res.eps == 4
+    assert r.load_models() is r.models_for(None)
 
 
 @pytest.mark.parametrize("bad", [0, -5, 3, 2.5, True])

@@ -224,7 +224,7 @@ class Protector:
         """Load now every model a protection (by default the protector's own) needs; every
         model that fails is reported together (:class:`~imguard.models.ModelLoadError`)."""
         strength = strength if strength is not None else (self.strength if method is None else None)
-        m = get_method(method or (get_preset(strength).method if strength else self.method))
+        m = get_method(method or self.method)
         models = self.models_for(strength if (strength and get_preset(strength).method == m.name) else None)
         models.load(tuple(n for n in m.needs if n in ("autoencoder", "face", "features")))
         return models
@@ -274,7 +274,7 @@ class Protector:
         loaded = None
         if faces_first and mask is None:
             x_in, info_in = loaded = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
-            m0 = get_method(method or (get_preset(strength).method if strength else self.method))
+            m0 = get_method(method or self.method)
             big = self.working_size is not None and max(x_in.shape[-2:]) > self.working_size * BIG_PHOTO_FACTOR
             if x_in.shape[0] == 1 and "face" in m0.needs and (big or faces_first is True):
                 res = self._protect_photo(x_in, info_in, rest, call)
@@ -284,9 +284,7 @@ class Protector:
         if strength is None:
             strength = self.strength if method is None else None
         preset = get_preset(strength) if strength else None
-        if method is None:
-            method = preset.method if preset else self.method
-        m = get_method(method)
+        m = get_method(method or self.method)  # the call's method, else the protector's (its preset's when unnamed)
         preset_opts = dict(preset.options) if (preset and m.name == preset.method) else {}
         if not preset_opts:
             strength = None  # another method than the preset's: its own defaults
