@@ -307,6 +307,23 @@ def test_save_image_writes_no_metadata_in_any_format(tmp_path):
         save_image(img, tmp_path / "a.png")
 
 
+@pytest.mark.skipif(os.name != "posix", reason="process liveness is probed on POSIX only")
+def test_a_killed_writers_temporary_file_is_removed_by_the_next_save(tmp_path):
+    from imguard.io import save_image
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".a.png.{dead.pid}.part"
+    stale.write_bytes(b"half a png")
+    live = tmp_path / f".a.png.{os.getppid()}.part"  # a writer that is still running
+    live.write_bytes(b"being written")
+    other = tmp_path / f".b.png.{dead.pid}.part"  # another file's: not this save's business
+    other.write_bytes(b"x")
+    save_image(Image.fromarray(np.zeros((8, 8, 3), np.uint8)), tmp_path / "a.png")
+    assert not stale.exists() and live.exists() and other.exists()
+    assert (tmp_path / "a.png").exists()
+
+
 def test_kill_minus_9_then_rerun_completes_only_the_missing(tmp_path, tiny_vae_dir):
     src, out = tmp_path / "in", tmp_path / "out"
     for i in range(5):

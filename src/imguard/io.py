@@ -23,6 +23,7 @@ Reading rules (never guessed from the pixel values):
 from __future__ import annotations
 
 import contextlib
+import glob
 import io as _io
 import os
 import struct
@@ -500,6 +501,34 @@ def exif_without_location(image) -> bytes | None:
     return exif.tobytes()
 
 
+def _pid_alive(pid: int) -> bool:
+    if os.name != "posix":  # no safe liveness probe: treat every writer as alive
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_parts(path: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files (``.NAME.PID.part``) that writers of ``path`` killed
+    mid-save (kill -9, power loss) left behind; a live writer's file is left alone."""
+    p = Path(path)
+    removed = []
+    for part in p.parent.glob(f".{glob.escape(p.name)}.*.part"):
+        pid = part.name[len(p.name) + 2 : -len(".part")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            try:
+                part.unlink()
+                removed.append(part)
+            except OSError:
+                pass
+    return removed
+
+
 def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: bytes | None = None) -> Path:
     """Save a PIL image atomically (temp file, fsync, rename); never replaces an existing file
     unless ``overwrite``. Only the pixels, an ICC profile in ``image.info`` and ``exif`` (when
@@ -508,6 +537,7 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: by
     if p.exists() and not overwrite:
         raise FileExistsError(f"{p} exists; refusing to overwrite it (choose another output folder or pass overwrite)")
     p.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(p)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.part")
     fmt = _FORMATS.get(p.suffix.lower(), "PNG")
     kwargs: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
