@@ -75,6 +75,33 @@ def test_bundled_autoencoders_and_their_ensemble():
     assert load_autoencoder(None).name == "taesd"  # the default surrogate, no download
 
 
+def test_identity_member_attacks_the_image_itself(tiny_vae_dir, image64):
+    """vae="...,identity": the recognizer is also fooled on the protected image with no
+    autoencoder at all (what a faithful autoencoder the protection never saw passes on)."""
+    from imguard.models import Models
+    from imguard.models.taesd import TinyAutoencoder
+
+    ens = load_autoencoder("taesd,identity")
+    assert [m.name for m in ens] == ["taesd", "identity"]
+    ident = list(ens)[1]
+    assert torch.equal(ident.decode(ident.encode(image64)), image64)
+    faces = [centre_face(64, 64)]
+
+    def direct_similarity(vae) -> float:
+        rec = TinyRecognizer()
+        models = Models(vae=vae, face_model=rec, features="ae", detector=None)
+        p = imguard.Protector("facelock", models=models, working_size=64, check=False)
+        out = p.protect(image64, eps=8, steps=12, seed=0)
+        emb = FaceEmbedder(rec, faces)
+        return float(emb.similarity(out, emb.embed_all(image64)))
+
+    ae = TinyAutoencoder(4)
+    ae.name = "tiny"
+    # the recognizer on the protected image itself moves further with the identity member
+    with_identity, without = direct_similarity([ae, "identity"]), direct_similarity([ae])
+    assert 1 - with_identity > 4 * (1 - without), (with_identity, without)
+
+
 def test_facelock_cycles_autoencoders(tiny_vae_dir, image64):
     from imguard.models import Models
     from imguard.models.taesd import TinyAutoencoder

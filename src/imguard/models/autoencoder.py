@@ -170,6 +170,24 @@ class AutoencoderEnsemble(nn.Module):
         return len(self.members)
 
 
+class IdentityAutoencoder(nn.Module):
+    """``"identity"``: no autoencoder at all (``decode(encode(x)) == x``). As an ensemble
+    member (``vae="taesd,identity"``) it makes the attack also fool the recognizer on the
+    protected image itself, which an autoencoder the protection never saw, if it is faithful,
+    passes on; its ``features`` are the pixels."""
+
+    name = "identity"
+
+    def encode(self, x01: torch.Tensor) -> torch.Tensor:
+        return x01
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z
+
+    def features(self, x01: torch.Tensor) -> list[torch.Tensor]:
+        return [x01]
+
+
 def autoencoders_of(ae: Any) -> list:
     """The members of an ensemble, or ``[ae]``."""
     return list(ae.members) if isinstance(ae, AutoencoderEnsemble) else [ae]
@@ -178,6 +196,8 @@ def autoencoders_of(ae: Any) -> list:
 def _load_named(spec: str, dtype: torch.dtype) -> nn.Module:
     from .taesd import load_taesd
 
+    if spec.strip().lower() == "identity":
+        return IdentityAutoencoder()
     parsed = ModelSpec.parse(spec, AUTOENCODER_KINDS)
     if parsed.kind in BUNDLED_AUTOENCODERS:
         target = parsed.path or str(WEIGHTS_DIR / parsed.kind)
@@ -204,7 +224,7 @@ def _load_one(spec: Any, dtype: torch.dtype) -> nn.Module:
     if hasattr(spec, "encode") and hasattr(spec, "decode"):
         return spec if isinstance(spec, nn.Module) and hasattr(spec, "name") else ModuleAutoencoder(spec)
     raise TypeError(
-        "vae must be 'taesd', 'taef2', a hub id, a local path, 'taesd:PREFIX', an AutoencoderKL, a "
+        "vae must be 'taesd', 'taef2', 'identity', a hub id, a local path, 'taesd:PREFIX', an AutoencoderKL, a "
         f"module with encode(x01)/decode(z), or a list of these; got {type(spec).__name__}"
     )
 
@@ -213,7 +233,8 @@ def load_autoencoder(spec: Any = None, device: torch.device | str = "cpu", dtype
     """Resolve an autoencoder spec to a frozen module with ``encode``/``decode`` in [0,1].
 
     ``spec`` may be: ``None`` or ``"taesd"`` (the bundled SD 1.x-space tiny autoencoder),
-    ``"taef2"`` (bundled, FLUX.2 space), ``"taesd:PREFIX"`` (a TAESD-family pair
+    ``"taef2"`` (bundled, FLUX.2 space), ``"identity"`` (no autoencoder: an ensemble member
+    that attacks the image itself), ``"taesd:PREFIX"`` (a TAESD-family pair
     ``PREFIX_encoder``/``PREFIX_decoder`` .pth or .safetensors), a hub id (e.g. the editor's
     ``"timbrooks/instruct-pix2pix"``), a local diffusers folder or single file, an
     ``AutoencoderKL`` instance, any module with ``encode``/``decode``, a zero-argument
