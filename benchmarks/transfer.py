@@ -22,7 +22,9 @@ Configurations:
   PRESET@vae=A@face_model=B+C          the preset against other models (leave-one-out:
                                        high@vae=taesd is judged through TAEF2 unattacked)
 
-Writes report.json (every number) and report.md; prints the Markdown table. Each protected
+Writes report.json (every number) and report.md; prints the Markdown table
+(`python benchmarks/transfer.py merge A/report.json B/report.json` prints one table of runs
+on the same faces). Each protected
 face is kept under OUT/protected/CONFIG/ (PNG, lossless: outputs are on the 8-bit grid, with
 its seconds in a .json beside it): a run that was stopped, or rerun with a larger --limit,
 protects only the faces it has not protected yet and judges them all.
@@ -239,8 +241,10 @@ def to_markdown(report: dict) -> str:
     meta = report["meta"]
     lines = [f"Faces: {len(meta['faces'])} at {meta['size']} px; seed {meta['seed']}; device {meta['device']}; "
              f"command: `{meta['command']}`", ""]
-    conds = ["none->taesd", "jpeg75->taesd", "jpeg90->taesd", "resize0.5->taesd", "blur->taesd", "none->taef2", "jpeg75->taef2"]
-    lines.append("Identity lost (% of face x judge pairs), judged only by recognizers the configuration did NOT attack:")
+    conds = ["protected", "none->taesd", "jpeg75->taesd", "jpeg90->taesd", "resize0.5->taesd", "blur->taesd", "none->taef2", "jpeg75->taef2"]
+    lines.append("Identity lost (% of face x judge pairs), judged only by recognizers the configuration did NOT attack; "
+                 "'protected' = the protected photo itself, no autoencoder; '*' = through an autoencoder the "
+                 "configuration attacked:")
     lines.append("")
     lines.append("| config | attacked (recognizers / autoencoders) | unseen judges | " + " | ".join(conds) + " | PSNR | SSIM | s/image |")
     lines.append("|" + " --- |" * (len(conds) + 6))
@@ -250,7 +254,8 @@ def to_markdown(report: dict) -> str:
     for e in report["configs"]:
         unseen = [j for j in all_judges if j not in e["attacked_face_models"]]
         cells = [e["config"]["label"], f"{'+'.join(e['attacked_face_models'])} / {'+'.join(e['attacked_vaes'])}", ", ".join(unseen)]
-        cells += [_pct(e["rows"], c, unseen) for c in conds]
+        # '*': that condition's autoencoder was attacked by the configuration (not an unseen one)
+        cells += [_pct(e["rows"], c, unseen) + ("*" if c.split("->")[-1] in e["attacked_vaes"] else "") for c in conds]
         cells += [f"{e['psnr']:.1f}", f"{e['ssim']:.3f}", f"{e['seconds_per_image']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per judge (none->taesd / jpeg75->taesd / none->taef2), '*' = attacked by that configuration:", ""]
@@ -270,5 +275,19 @@ def markdown_from(path: Path) -> str:
     return to_markdown(json.loads(Path(path).read_text()))
 
 
+def merge(paths: list[Path]) -> dict:
+    """One report from several runs on the same faces (configurations side by side)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    first = reports[0]
+    for p, r in zip(paths[1:], reports[1:]):
+        if r["meta"]["faces"] != first["meta"]["faces"] or r["meta"]["size"] != first["meta"]["size"]:
+            raise SystemExit(f"{p} was measured on other faces or another size than {paths[0]}; not merged")
+    meta = dict(first["meta"], command=" + ".join(f"`{r['meta']['command']}`" for r in reports).strip("`"))
+    return {"meta": meta, "clean": first["clean"], "configs": [c for r in reports for c in r["configs"]]}
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["merge"]:  # python benchmarks/transfer.py merge A/report.json B/report.json > table.md
+        print(to_markdown(merge([Path(a) for a in sys.argv[2:]])), end="")
+        sys.exit(0)
     sys.exit(main())

@@ -1,0 +1,54 @@
+"""benchmarks/transfer.py: configuration names, merged reports, honest labels (no models run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "benchmarks" / "transfer.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_leave_one_out_configs_replace_the_presets_models(transfer):
+    c = transfer.parse_config("high@vae=taesd+identity@momentum=0")
+    assert c["strength"] == "high" and c["vae"] == "taesd,identity" and c["options"] == {"momentum": 0}
+    assert c["face_model"] == "sface,facenet,mobilefacenet,faceres"
+    c = transfer.parse_config("facelock-sface+facenet-taef2@eot=jpeg+identity")
+    assert (c["method"], c["face_model"], c["vae"]) == ("facelock", "sface,facenet", "taef2")
+    assert c["options"] == {"eot": "jpeg,identity"}
+
+
+def _report(faces, label, attacked_vaes, lost_taef2):
+    rows = [{"condition": cond, "judge": j, "judge_attacked": j == "sface", "similarity": [0.5] * len(faces),
+             "lost": lost} for cond, lost in (("none->taesd", [True] * len(faces)), ("none->taef2", lost_taef2))
+            for j in ("sface", "dlib")]
+    clean = [dict(r, lost=[False] * len(faces)) for r in rows]
+    cfg = {"config": {"label": label}, "attacked_face_models": ["sface"], "attacked_vaes": attacked_vaes,
+           "psnr": 35.0, "ssim": 0.9, "seconds_per_image": 10.0, "rows": rows}
+    return {"meta": {"faces": faces, "size": 256, "seed": 0, "device": "cpu", "command": f"run {label}",
+                     "thresholds": {"sface": 0.3, "dlib": 0.9}}, "clean": clean, "configs": [cfg]}
+
+
+def test_merged_tables_count_only_unseen_judges_and_star_attacked_autoencoders(transfer, tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_report(["f1", "f2"], "both", ["taesd", "taef2"], [True, True])))
+    b.write_text(json.dumps(_report(["f1", "f2"], "taesd-only", ["taesd"], [True, False])))
+    md = transfer.to_markdown(transfer.merge([a, b]))
+    both = next(line for line in md.splitlines() if line.startswith("| both |"))
+    only = next(line for line in md.splitlines() if line.startswith("| taesd-only |"))
+    assert "| dlib |" in both  # the attacked sface is not a judge of the headline
+    assert "100%*" in both and " 50% " in only  # taef2 unattacked by taesd-only: no star, 1 of 2 faces
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps(_report(["f1", "f3"], "other", ["taesd"], [True, True])))
+    with pytest.raises(SystemExit, match="other faces"):
+        transfer.merge([a, c])
