@@ -25,7 +25,7 @@ Configurations:
 Writes report.json (every number) and report.md; prints the Markdown table
 (`python benchmarks/transfer.py merge A/report.json B/report.json` prints one table of runs
 on the same faces). Each protected
-face is kept under OUT/protected/CONFIG/ (PNG, lossless: outputs are on the 8-bit grid, with
+face is kept under OUT/protected/CONFIG@size=..@seed=../ (PNG, lossless: outputs are on the 8-bit grid, with
 its seconds in a .json beside it): a run that was stopped, or rerun with a larger --limit,
 protects only the faces it has not protected yet and judges them all.
 """
@@ -97,6 +97,13 @@ def load_faces(folders: list[Path], size: int, limit: int | None) -> tuple[list[
         raise SystemExit(f"no faces under {folders}")
     xs = [torch.nn.functional.interpolate(to_tensor(read_image(p))[0], size=(size, size), mode="bilinear", antialias=True) for p in paths]
     return [p.stem for p in paths], ((torch.cat(xs) * 255).round() / 255)
+
+
+def kept_dir(out: Path, config: str, size: int, seed: int, steps: int | None) -> Path:
+    """Where a configuration's protected faces are kept: one folder per configuration, size,
+    seed and steps override, so a rerun reuses only faces protected exactly the same way."""
+    name = f"{config}@size={size}@seed={seed}" + (f"@steps={steps}" if steps else "")
+    return out / "protected" / re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
 
 
 def attacked_names(spec: str) -> set[str]:
@@ -193,7 +200,7 @@ def main(argv=None) -> int:
         opts = dict(cfg["options"])
         if args.steps:
             opts["steps"] = args.steps
-        keep = args.out / "protected" / re.sub(r"[^A-Za-z0-9._=+-]", "_", text)
+        keep = kept_dir(args.out, text, args.size, args.seed, args.steps)
         keep.mkdir(parents=True, exist_ok=True)
         outs, secs, effective = [], [], None
         for i in range(x.shape[0]):
@@ -207,7 +214,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             res = p.protect(x[i : i + 1], seed=args.seed, return_result=True, names=[stems[i]], **opts)
             secs.append(time.perf_counter() - t0)
-            effective = {k: v for k, v in res.options.items()}
+            effective = dict(res.options)
             outs.append(res.image)
             imguard.io.save_image(Image.fromarray(imguard.io.to_uint8_hwc(res.image[0])), png, overwrite=True)
             meta.write_text(json.dumps({"seconds": round(secs[-1], 2), "steps_run": res.steps_run,

@@ -28,6 +28,16 @@ def test_leave_one_out_configs_replace_the_presets_models(transfer):
     assert c["options"] == {"eot": "jpeg,identity"}
 
 
+def test_kept_faces_are_reused_only_for_the_same_settings(transfer, tmp_path):
+    a = transfer.kept_dir(tmp_path, "high@vae=taesd", 256, 0, None)
+    assert a.parent == tmp_path / "protected" and "256" in a.name
+    others = {transfer.kept_dir(tmp_path, "high@vae=taesd", 128, 0, None),
+              transfer.kept_dir(tmp_path, "high@vae=taesd", 256, 1, None),
+              transfer.kept_dir(tmp_path, "high@vae=taesd", 256, 0, 10),
+              transfer.kept_dir(tmp_path, "high", 256, 0, None)}
+    assert a not in others and len(others) == 4
+
+
 def _report(faces, label, attacked_vaes, lost_taef2):
     rows = [{"condition": cond, "judge": j, "judge_attacked": j == "sface", "similarity": [0.5] * len(faces),
              "lost": lost} for cond, lost in (("none->taesd", [True] * len(faces)), ("none->taef2", lost_taef2))
