@@ -440,6 +440,7 @@ def create_app(
     @app.post("/api/jobs")
     async def submit(request: Request):
         from starlette.datastructures import UploadFile
+        from starlette.exceptions import HTTPException as StarletteHTTPException
         from starlette.formparsers import MultiPartException
 
         w = worker()
@@ -447,11 +448,12 @@ def create_app(
             raise queue_full(w.queued())
         try:
             form = await request.form(max_files=limits.max_files, max_fields=8)
-        except MultiPartException as e:
-            text = str(e)
+        except (MultiPartException, StarletteHTTPException) as e:  # Starlette turns the first into the second
+            text = str(getattr(e, "detail", None) or e)
             if "Too many files" in text:
-                text = f"too many photos in one go; the limit is {limits.max_files}: upload them in smaller groups"
-            raise HTTPException(413 if "Too many" in str(e) else 400, f"the upload could not be read: {text}") from None
+                raise HTTPException(413, f"too many photos in one go; the limit is {limits.max_files}: upload them in "
+                                         "smaller groups") from None
+            raise HTTPException(400, f"the upload could not be read as a form: {text}") from None
         try:
             files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
             strength = str(form.get("strength") or DEFAULT_STRENGTH)
