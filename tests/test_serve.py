@@ -489,3 +489,25 @@ def test_browser_check_skips_without_chromium_but_fails_under_ci(monkeypatch, tm
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         me._browser_or_skip()
+
+
+def test_serve_command_spells_limits_as_protect_and_prints_the_token_once(monkeypatch, capsys):
+    import imguard.serve as serve_pkg
+    from imguard.cli import main
+
+    got = {}
+    monkeypatch.setattr(serve_pkg, "serve", lambda app, host, port: got.update(app=app, host=host, port=port))
+    seen = {}
+    real = serve_pkg.create_app
+    monkeypatch.setattr(serve_pkg, "create_app", lambda **kw: seen.update(kw) or real(**kw))
+    assert main(["serve", "--max-pixels", "1000000", "--port", "8123"]) == 0
+    assert seen["limits"].max_pixels == 1_000_000 and seen["token"] is None and got["host"] == "127.0.0.1"
+    assert "http://localhost:8123/ " in capsys.readouterr().out
+    assert main(["serve", "--max-mpixels", "2.5"]) == 0  # the old spelling still works, and says so
+    assert seen["limits"].max_pixels == 2_500_000 and "--max-mpixels is deprecated" in capsys.readouterr().err
+    assert main(["serve", "--host", "0.0.0.0", "--allow-host", "photos.lan"]) == 0
+    out, err = capsys.readouterr()
+    token = seen["token"]
+    assert token and len(token) >= 24 and out.count(token) == 1 and f"?token={token}" in out
+    assert "every computer that can reach this one" in err and "download and delete" in err
+    assert seen["allow_hosts"] == ["photos.lan"]
