@@ -55,6 +55,8 @@ class ProtectionResult:
     steps_run: list | None = None
     #: whether the method maximises its loss; the *objective* is the loss when it does, its negation when not
     maximize: bool = True
+    #: per image: how visible the change is (:class:`imguard.visibility.Visibility`: PSNR, SSIM, LPIPS, flat-region change)
+    visibility: list | None = None
 
     # One number, one sign, everywhere (progress bar, summary, web page, docs): the *objective*
     # is what the method maximises, so higher always means a stronger protection.
@@ -80,11 +82,14 @@ class ProtectionResult:
     def summary(self) -> str:
         ach = ", ".join(f"{a:.2f}" for a in self.achieved)
         text = (
-            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}), "
+            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}"
+            f"{', perceptual map' if self.options.get('budget') == 'jnd' else ''}), "
             f"achieved {ach}/255, {self.steps} steps, "
             f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
             f"(higher = stronger), {self.seconds:.1f}s"
         )
+        if self.visibility:
+            text += "\n" + "\n".join(v.line() for v in self.visibility)
         if self.check:
             text += "\n" + "\n".join(c.line() for c in self.check)
         return text
@@ -292,7 +297,7 @@ class Protector:
         models = self.load_models(m.name, strength)
         overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
         opts = m.options(**{**preset_opts, **overrides})
-        budget = Budget(opts["eps"], opts["norm"])
+        budget = _budget_of(opts)
         cfg = engine.EngineConfig(
             steps=int(opts["steps"]),
             step_size=float(opts["step_size"]),
@@ -315,6 +320,8 @@ class Protector:
         B, _, H, W = x_native.shape
         size = working_shape(H, W, self.working_size)
         mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None
+        if opts["budget"] == "jnd":  # the perceptual map, once, at the native size
+            budget = perceptual_budget(x_native, budget.eps, float(opts["jnd_scale"]))
 
         with self._lock:  # one optimisation at a time per Protector (models are shared)
             dev = self.device
@@ -345,7 +352,7 @@ class Protector:
 
             try:
                 res = engine.run(
-                    x, objective, budget, cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
+                    x, objective, budget.resized(tuple(size)).to(dev), cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
                     amp_dtype=self.amp_dtype,
                 )
             finally:
@@ -355,9 +362,12 @@ class Protector:
             out, achieved = finalize(x_native, res.delta, budget, mask_native)  # uint8, in row bands
             if not bool((achieved <= budget.eps + 1e-3).all()):
                 raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
-            checks = None
-            if return_result and self.check_enabled and "face" in m.needs:
-                checks = self._run_check(x, resize_image(out.to(dev).float().div_(255), size), models)
+            checks = seen = None
+            if return_result:
+                out_work = resize_image(out.to(dev).float().div_(255), size)
+                seen = _visibility(x_native, out, x, out_work)
+                if self.check_enabled and "face" in m.needs:
+                    checks = self._run_check(x, out_work, models)
 
         result_image = from_tensor(out, info)
         if not return_result:
@@ -379,6 +389,7 @@ class Protector:
             options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
             strength=strength,
             check=checks,
+            visibility=seen,
             steps_run=[int(v) for v in res.steps_run],
             maximize=m.maximize,
         )
@@ -424,6 +435,8 @@ class Protector:
             whole, rest_img = None, x
         first = face_results[0][1]
         budget = Budget(first.eps, first.norm)
+        if first.options.get("budget") == "jnd":
+            budget = perceptual_budget(x, first.eps, float(first.options["jnd_scale"]))
         out = compose(x, rest_img, [(r, res.image) for r, res in face_results], budget)
         achieved = budget.measure(out - x)
         if not bool((achieved <= budget.eps + 1e-3).all()):
@@ -437,6 +450,7 @@ class Protector:
             options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
             maximize=first.maximize,
             check=[res.check[0] for _, res in face_results if res.check] or None,
+            visibility=_visibility(x, out, resize_image(x, first.working_size), resize_image(out.float(), first.working_size)),
             steps_run=ref.steps_run,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
@@ -498,6 +512,64 @@ class Protector:
                         one = prot[j : j + 1]
                     out[i] = from_tensor(one, loaded[i][1])
         return out
+
+
+def _budget_of(opts: dict) -> Budget:
+    """The plain budget of a method's options (the perceptual map is added per image)."""
+    from .budget import BUDGETS
+
+    kind = opts.get("budget", "linf")
+    if kind not in BUDGETS:
+        raise ValueError(f"unknown budget {kind!r}; valid: {', '.join(BUDGETS)} "
+                         "('jnd': invisible, the change goes where texture hides it; 'linf': eps everywhere, visible at large eps)")
+    if kind == "jnd" and opts["norm"] != "linf":
+        raise ValueError("budget='jnd' is a per-pixel cap; use it with norm='linf' (or budget='linf' with norm='l2')")
+    return Budget(opts["eps"], opts["norm"])
+
+
+#: rows of the native image the JND map is computed on at once (bounded memory for big photos)
+JND_BAND_ROWS = 1024
+
+
+def perceptual_budget(x: torch.Tensor, eps: float, scale: float) -> Budget:
+    """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
+    so a big photo never needs more than a band's worth of temporaries."""
+    H = x.shape[-2]
+    if H <= JND_BAND_ROWS:
+        return Budget.perceptual(x, eps, scale)
+    halo = 4
+    maps, weights = [], []
+    for r0 in range(0, H, JND_BAND_ROWS):
+        r1 = min(H, r0 + JND_BAND_ROWS)
+        a, b = max(0, r0 - halo), min(H, r1 + halo)
+        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale)
+        maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
+        weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
+    return Budget(eps, "linf", radius_map=torch.cat(maps, -2), flat_weight=torch.cat(weights, -2))
+
+
+#: above this many pixels, visibility is measured on the working-size pair (bounded time and memory)
+VISIBILITY_MAX_PIXELS = 16_000_000
+
+
+def _visibility(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor) -> list:
+    """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
+    SSIM and the flat-region change at the native size (at the working size above
+    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size."""
+    from .visibility import _default_lpips, measure
+
+    H, W = x_native.shape[-2:]
+    if H * W <= VISIBILITY_MAX_PIXELS:
+        out01 = out_native.float().div(255) if out_native.dtype == torch.uint8 else out_native.float()
+        seen = measure(x_native.float(), out01.to(x_native.device))
+    else:
+        seen = measure(x_work, out_work)
+    lp = _default_lpips(x_work.device)
+    if lp is not None:
+        with torch.no_grad():
+            for v, d in zip(seen, lp(x_work.float(), out_work.float()).flatten()):
+                v.lpips = float(d)
+    return seen
 
 
 def _margin_stop(m, ctx, opts: dict, steps: int):
