@@ -1,8 +1,9 @@
 """imguard: protect portrait photos from malicious diffusion-based editing.
 
     import imguard
-    protected = imguard.protect(img)                      # FaceLock, default budget
+    protected = imguard.protect(img)                      # the medium preset, invisible (perceptual budget)
     protected = imguard.protect(img, "photoguard", eps=8) # eps in /255 pixel units
+    imguard.visibility(img, protected)                    # PSNR, SSIM, LPIPS, flat-region change
     imguard.methods()                                     # what is available
 """
 
@@ -10,6 +11,7 @@ from .api import ItemError, Protector, ProtectionResult, methods, protect
 from .budget import Budget
 from .io import ImageReadError
 from .models import ModelLoadError, Models, NoFaceError
+from .visibility import Visibility, visibility  # the function shadows the submodule's name on purpose
 
 __version__ = "0.1.0"
 
@@ -22,7 +24,9 @@ __all__ = [
     "NoFaceError",
     "Protector",
     "ProtectionResult",
+    "Visibility",
     "__version__",
     "methods",
     "protect",
+    "visibility",
 ]

@@ -392,11 +392,15 @@ class Runner:
             return
         check = res.check[k].line() if getattr(res, "check", None) and k < len(res.check) and res.check[k] else None
         achieved = float(res.achieved[k])
-        self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check)
+        seen = res.visibility[k] if getattr(res, "visibility", None) and k < len(res.visibility) else None
+        self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check,
+                     visibility=seen.as_dict() if seen is not None else None)
         self.report.protected.append(job)
         if not self.opts.quiet:
             self.write(f"{job.src} -> {job.dst}  (max |delta| {achieved:.2f}/255 of eps {res.eps:g}; "
                        f"{res.method}, {res.steps} steps, {res.seconds / n:.1f}s/image)")
+            if seen is not None:
+                self.write(f"  {seen.line()}")
             if check:
                 self.write(f"  {check}")
         if self.sleep:

@@ -65,7 +65,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         working_size = None if args.working_size == 0 else args.working_size
         _check_working_size(working_size)
         options: dict = {}
-        for key in ("step_size", "norm"):
+        for key in ("step_size", "norm", "budget", "jnd_scale"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         if args.eot:
@@ -395,6 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps (default: the preset's or method's; more = stronger and slower)")
     p.add_argument("--step-size", type=float, default=None, help="step size in /255 units (default: the method's)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None, help="budget norm (default linf; l2 bounds the RMS change)")
+    p.add_argument("--budget", choices=["jnd", "linf"], default=None,
+                   help="jnd: invisible, each pixel changes at most by what its neighbourhood hides (a just-noticeable-difference "
+                        "map under --eps; the presets' default); linf: every pixel may change by --eps (stronger, visible "
+                        "patterns at the presets' eps; a method named alone uses it)")
+    p.add_argument("--jnd-scale", type=float, default=None, help="with --budget jnd: multiply the perceptual map (default 1; above 1.2 the change starts to show)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")

@@ -25,6 +25,8 @@ CLI_FLAGS: dict[str, str] = {
     "steps": "--steps",
     "step_size": "--step-size",
     "norm": "--norm",
+    "budget": "--budget",
+    "jnd_scale": "--jnd-scale",
     "strength": "--strength",
     "method": "--method",
     "eot": "--eot",
