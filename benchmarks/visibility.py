@@ -21,6 +21,16 @@ protected once (kept under OUT/protected/, so a stopped run resumes), then:
 
 Writes report.json, report.md (the table) and curve.png (identity lost by dlib after TAESD vs
 the flat-region change and PSNR, one point per configuration).
+
+    python benchmarks/visibility.py --explain ../shared/assets/faces/dev/sample1/0051_01.png
+
+prints, for each term of FaceLock's objective (``high``'s models), the share of its low-passed
+gradient energy that falls outside the face box: where each term would paint.
+
+    python benchmarks/visibility.py --saturated 512 1.4 ../shared/assets/faces/wild ../shared/assets/faces/dev
+
+the worst case of the perceptual budget at that size and ``jnd_scale``: every pixel changed by
+its whole radius (see :func:`saturated`), per face, against the gate.
 """
 
 from __future__ import annotations
@@ -77,7 +87,95 @@ def protect_all(cfg: dict, x: torch.Tensor, stems: list[str], keep: Path, size: 
     return torch.cat(outs), secs
 
 
+def explain(face: Path, size: int = 256, region: str = "image") -> dict[str, float]:
+    """Share of each FaceLock term's low-passed gradient energy (Gaussian sigma 3) outside the
+    face box, on ``face`` at ``size`` px with ``high``'s models (the image's own share of
+    background is returned as ``"background area"``)."""
+    from kornia.filters import gaussian_blur2d
+
+    from imguard.engine import diverse_input
+    from imguard.methods import ENGINE_OPTIONS, get_method
+    from imguard.methods.facelock import _face_weight
+    from imguard.presets import PRESETS
+
+    x = torch.nn.functional.interpolate(to_tensor(read_image(face))[0], size=(size, size), mode="bilinear", antialias=True)
+    p = imguard.Protector(strength="high", working_size=size, check=False)
+    models = p.load_models()
+    m = get_method("facelock")
+    opts = m.options(**{**PRESETS["high"].options, "region": region})
+    prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS} | {"names": None, "cache": True}
+    torch.manual_seed(0)
+    ctx = m.prepare(x, models, prep)
+    outside = 1 - _face_weight(ctx.faces, x, scale=1.0)
+    ae = ctx.autoencoders[0]
+
+    def rt(xi):
+        return ae.decode(ae.encode(xi))
+
+    def share(fn, at=x, diversity=False, draws=6) -> float:
+        g = torch.zeros_like(x)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(draws if diversity else 1):
+            xa = at.clone().requires_grad_(True)
+            loss = fn(diverse_input(xa, 0.1, gen) if diversity else xa).sum()
+            g += torch.autograd.grad(loss, [xa])[0]
+        e = gaussian_blur2d(g, (9, 9), (3.0, 3.0)).pow(2).sum(1, keepdim=True)
+        return round(float((e * outside).sum() / e.sum()), 3)
+
+    noisy = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 4 / 255).clamp(0, 1)
+    out = {
+        "identity, after the round trip": share(lambda xi: -ctx.cos_to_clean(rt(xi))),
+        "identity, with input diversity": share(lambda xi: -ctx.cos_to_clean(rt(xi)), diversity=True),
+        "identity on the photo itself": share(lambda xi: -ctx.cos_to_clean(xi)),
+        "decoy identity": share(lambda xi: ctx.embedder.similarity(rt(xi), ctx.emb_decoy)),
+        "feature distance": share(lambda xi: ctx.feature_distance(rt(xi))),
+        # the latent push is 0 with a 0 gradient at the clean image: measured at a random start
+        "latent push (at a random start)": share(
+            lambda xi: imguard.models.features.spatial_mean((ae.encode(xi).float() - ctx.z_clean[0].float()) ** 2, ctx.region_weight),
+            at=noisy),
+        "background area": round(float(outside.mean()), 3),
+    }
+    return out
+
+
+def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed: int = 0) -> list[dict]:
+    """The worst a protection under the perceptual budget can look, per face at ``size`` px: a
+    change that fills every pixel's radius (random signs, projected and quantized as the engine
+    does). PSNR can go no lower than this for any optimiser; SSIM and the flat-region change of
+    real runs (whose signs follow gradients) measured better than this on the tuning faces."""
+    from imguard.budget import Budget, quantize
+
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for path in paths:
+        x = torch.nn.functional.interpolate(to_tensor(read_image(path))[0], size=(size, size), mode="bilinear", antialias=True)
+        x = (x * 255).round() / 255
+        b = Budget.perceptual(x, eps, scale)
+        d = b.project(torch.where(torch.rand(x.shape, generator=g) > 0.5, 1.0, -1.0) * eps / 255)
+        v = measure(x, quantize(x, (x + d).clamp(0, 1), b))[0]
+        rows.append({"face": Path(path).stem, **v.as_dict()})
+    return rows
+
+
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--saturated"]:  # --saturated SIZE SCALE FILES_OR_FOLDERS...
+        size, scale = int(sys.argv[2]), float(sys.argv[3])
+        paths = [p for a in sys.argv[4:] for p in ([Path(a)] if Path(a).is_file() else sorted(Path(a).glob("**/*.png")))]
+        rows = saturated(paths, size, scale)
+        for r in rows:
+            print(f"{r['face']}: PSNR {r['psnr']:.1f} SSIM {r['ssim']:.3f} flat {r['flat']:.2f}/255 {'ok' if r['invisible'] else 'VISIBLE'}")
+        n = len(rows)
+        print(f"saturated change at {size} px, jnd_scale {scale}: {sum(r['invisible'] for r in rows)}/{n} pass the gate; "
+              f"worst PSNR {min(r['psnr'] for r in rows):.1f}, worst SSIM {min(r['ssim'] for r in rows):.3f}, "
+              f"worst flat {max(r['flat'] for r in rows):.2f}/255; mean PSNR {sum(r['psnr'] for r in rows) / n:.1f}, "
+              f"SSIM {sum(r['ssim'] for r in rows) / n:.3f}, flat {sum(r['flat'] for r in rows) / n:.2f}")
+        return 0
+    if argv is None and sys.argv[1:2] == ["--explain"]:
+        for region in ("image", "face"):
+            print(f"region={region!r}: share of the low-passed gradient energy outside the face box")
+            for k, v in explain(Path(sys.argv[2]), region=region).items():
+                print(f"  {k:34s} {v:.2f}")
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", nargs="+", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)

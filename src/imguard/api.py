@@ -537,15 +537,17 @@ def perceptual_budget(x: torch.Tensor, eps: float, scale: float) -> Budget:
     H = x.shape[-2]
     if H <= JND_BAND_ROWS:
         return Budget.perceptual(x, eps, scale)
+    from .budget import with_psnr_floor
+
     halo = 4
     maps, weights = [], []
     for r0 in range(0, H, JND_BAND_ROWS):
         r1 = min(H, r0 + JND_BAND_ROWS)
         a, b = max(0, r0 - halo), min(H, r1 + halo)
-        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale)
+        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale, psnr_floor=float("-inf"))  # the floor is the whole photo's
         maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
         weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
-    return Budget(eps, "linf", radius_map=torch.cat(maps, -2), flat_weight=torch.cat(weights, -2))
+    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2)), flat_weight=torch.cat(weights, -2))
 
 
 #: above this many pixels, visibility is measured on the working-size pair (bounded time and memory)

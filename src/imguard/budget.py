@@ -81,17 +81,21 @@ class Budget:
 
     # -- the perceptual budget -----------------------------------------------------------
     @classmethod
-    def perceptual(cls, x: torch.Tensor, eps: float, scale: float = 1.0, floor: float = 0.5) -> "Budget":
+    def perceptual(cls, x: torch.Tensor, eps: float, scale: float = 1.0, floor: float = 0.5,
+                   psnr_floor: float | None = None) -> "Budget":
         """The perceptual budget of images ``x`` ([B,3,H,W] in [0,1], native size): each pixel
         may change by ``scale * min(jnd_map(x), contrast_masking_map(x))`` /255, at most ``eps``
-        and at least ``floor`` (never above ``eps``)."""
+        and at least ``floor`` (never above ``eps``); then, per image, the whole map is scaled
+        down where needed so that no change inside it can bring the PSNR below ``psnr_floor``
+        (default :data:`PSNR_FLOOR`; dark photos, where the eye forgives most, would otherwise
+        allow the most)."""
         eps = cls(eps).eps  # validated
         if not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"jnd_scale must be a number > 0, got {scale!r}")
         x = x.detach()
         r = torch.minimum(jnd_map(x), contrast_masking_map(x)) * float(scale)
         r = r.clamp(min=min(float(floor), eps), max=eps) / 255.0
-        return cls(eps, "linf", radius_map=r, flat_weight=flat_weight(x))
+        return cls(eps, "linf", radius_map=with_psnr_floor(r, psnr_floor), flat_weight=flat_weight(x))
 
     @property
     def perceptual_map(self) -> bool:
@@ -249,6 +253,20 @@ def contrast_masking_map(x: torch.Tensor, target: float | None = None) -> torch.
     target = SSIM_TARGET if target is None else float(target)
     bound = ((2 * var + _SSIM_C2) * (1.0 / target - 1.0)).sqrt()
     return bound.amin(dim=1, keepdim=True)
+
+
+#: No change inside a perceptual budget brings an image's PSNR below this (dB): the gate's 36 plus a margin.
+PSNR_FLOOR = 37.0
+
+
+def with_psnr_floor(radius: torch.Tensor, psnr_floor: float | None = None) -> torch.Tensor:
+    """``radius`` ([B,1,H,W] in [0,1] units) scaled down per image where its RMS exceeds what
+    ``psnr_floor`` allows: since |delta| <= radius, MSE <= mean(radius^2), so any change inside
+    the result keeps PSNR >= psnr_floor (quantisation included: it stays inside the radius)."""
+    floor = PSNR_FLOOR if psnr_floor is None else float(psnr_floor)
+    rms_max = 10.0 ** (-floor / 20.0)
+    rms = radius.float().pow(2).flatten(1).mean(1).sqrt().view(-1, 1, 1, 1)
+    return radius * (rms_max / rms.clamp_min(1e-12)).clamp(max=1.0)
 
 
 #: flat_weight: 1 below this 7x7 luminance std (/255), 0 above twice it
