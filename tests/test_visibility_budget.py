@@ -144,3 +144,19 @@ def test_the_gate_on_a_real_face_with_the_offline_models(dev_face):
     v = res.visibility[0]
     assert v.invisible, v.line()
     assert v.psnr < 60 and res.achieved[0] > 1.0
+
+
+def test_psnr_floor_holds_for_any_change_inside_the_map():
+    """A dark, textured photo: the JND allows most there; the floor keeps PSNR >= 37 dB even
+    for a change that fills every pixel's radius."""
+    from imguard.budget import PSNR_FLOOR
+    from imguard.metrics import psnr
+
+    g = torch.Generator().manual_seed(5)
+    x = (0.04 + torch.rand(2, 3, 40, 40, generator=g) * 0.2).clamp(0, 1)
+    b = Budget.perceptual(x, 8, scale=3.0)
+    worst = b.project(torch.where(torch.rand(x.shape, generator=g) > 0.5, 1.0, -1.0))
+    q = quantize(x, (x + worst).clamp(0, 1), b)
+    assert float(psnr(x, q).min()) >= PSNR_FLOOR - 1e-3
+    loose = Budget.perceptual(x, 8, scale=3.0, psnr_floor=float("-inf"))
+    assert float(loose.radius_map.mean()) > float(b.radius_map.mean())
