@@ -160,3 +160,13 @@ def test_psnr_floor_holds_for_any_change_inside_the_map():
     assert float(psnr(x, q).min()) >= PSNR_FLOOR - 1e-3
     loose = Budget.perceptual(x, 8, scale=3.0, psnr_floor=float("-inf"))
     assert float(loose.radius_map.mean()) > float(b.radius_map.mean())
+
+
+def test_gate_true_scales_a_visible_result_down_until_it_passes(tiny_protector):
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, 64), torch.linspace(0, 1, 64), indexing="ij")
+    img = torch.stack([0.3 + 0.4 * xx, 0.4 + 0.2 * yy, 0.5 * torch.ones_like(xx)])[None]  # smooth: mostly flat
+    loud = tiny_protector.protect(img, steps=3, seed=0, budget="linf", eps=16, return_result=True)
+    assert not loud.visibility[0].invisible
+    quiet = tiny_protector.protect(img, steps=3, seed=0, budget="linf", eps=16, gate=True, return_result=True)
+    assert quiet.visibility[0].invisible, quiet.visibility[0].line()
+    assert 0 < quiet.achieved[0] < loud.achieved[0]

@@ -117,6 +117,13 @@ class Budget:
         return replace(self, radius_map=self.radius_map[..., r0:r1, :],
                        flat_weight=None if self.flat_weight is None else self.flat_weight[..., r0:r1, :])
 
+    def sample(self, i: int) -> "Budget":
+        """This budget for image ``i`` of its batch alone."""
+        if self.radius_map is None or self.radius_map.shape[0] == 1:
+            return self
+        return replace(self, radius_map=self.radius_map[i : i + 1],
+                       flat_weight=None if self.flat_weight is None else self.flat_weight[i : i + 1])
+
     def to(self, device: torch.device | str) -> "Budget":
         if self.radius_map is None:
             return self

@@ -15,7 +15,7 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale",
+    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "gate",
 )
 
 #: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
@@ -26,6 +26,9 @@ COMMON_DEFAULTS = {
     # presets use "jnd"; a method named on its own keeps its paper's plain cap.
     "budget": "linf",
     "jnd_scale": 1.0,
+    # gate=True: a result that fails the visibility gate (imguard.visibility.GATE) has its
+    # perturbation scaled down until it passes (the presets set it)
+    "gate": False,
     "schedule": "constant",
     "optimizer": "sign",
     "random_start": True,
