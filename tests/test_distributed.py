@@ -173,6 +173,21 @@ def test_ray_run_redoes_what_a_cut_off_run_left(ray_cluster, photos, tiny_vae_di
     assert (out / "img01.png").read_bytes() == first
 
 
+def failing_protector():
+    from imguard.models import ModelLoadError
+
+    raise ModelLoadError("the model 'missing-vae' is not on this computer; pass a local path")
+
+
+def test_a_worker_that_cannot_load_its_models_stops_the_run(ray_cluster, photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cli, "_protector_factory", lambda a, s: failing_protector)
+    rc = main(["protect", str(photos / "img01.png"), "-o", str(tmp_path / "out"), "--ray", "--method", "facelock", "-q"])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "the Ray run stopped" in err and "missing-vae" in err and "run the same command again" in err
+    assert not (tmp_path / "out" / "img01.png").exists()
+
+
 def test_without_ray_the_error_says_what_to_install(monkeypatch, tmp_path, capsys):
     from imguard import distributed
 

@@ -191,7 +191,10 @@ def run(jobs: list[Job], protector_factory: Callable[[], Any], manifest: Manifes
 
 def _root_cause(e: BaseException) -> str:
     """The first line of the innermost error a Ray exception wraps."""
-    while getattr(e, "cause", None) is not None or e.__cause__ is not None:
-        e = getattr(e, "cause", None) or e.__cause__
+    for _ in range(10):
+        inner = getattr(e, "cause", None) or e.__cause__
+        if not isinstance(inner, BaseException) or inner is e:
+            break
+        e = inner
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[-1] if text else ''}"
