@@ -190,11 +190,20 @@ def run(jobs: list[Job], protector_factory: Callable[[], Any], manifest: Manifes
 
 
 def _root_cause(e: BaseException) -> str:
-    """The first line of the innermost error a Ray exception wraps."""
-    for _ in range(10):
-        inner = getattr(e, "cause", None) or e.__cause__
-        if not isinstance(inner, BaseException) or inner is e:
-            break
-        e = inner
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
+    """The original error's line out of a Ray exception (whose text carries the worker's
+    traceback), else the innermost error's first line."""
+    import re
+
+    chain, seen = [], set()
+    while isinstance(e, BaseException) and id(e) not in seen and len(chain) < 10:
+        seen.add(id(e))
+        chain.append(e)
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    lines = [ln.strip() for x in chain for ln in str(x).splitlines()]
+    found = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception): \S", ln)]
+    if found:
+        name, _, message = found[-1].partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {message}"  # without the module path
+    inner = chain[-1]
+    text = str(inner).strip().splitlines()
+    return f"{type(inner).__name__}: {text[0] if text else ''}"
