@@ -79,6 +79,17 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def batches(items: list, key: Callable[[Any], Any], size: int) -> list[list]:
+    """Consecutive runs of items with the same key, at most ``size`` long."""
+    out: list[list] = []
+    for item in items:
+        if out and len(out[-1]) < size and key(out[-1][0]) == key(item):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
+
+
 class Manifest:
     """``imguard-manifest.jsonl`` in the output folder: the last record per output wins."""
 
@@ -104,14 +115,32 @@ class Manifest:
         return {(self.out_dir / rel).resolve() for rel in self.records}
 
     def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        self.extend([record])
+
+    def extend(self, records: list[dict]) -> None:
+        """Append records as lines, with one fsync for all of them."""
+        if not records:
+            return
+        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         needs_newline = self.path.exists() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(("\n" if needs_newline else "") + line + "\n")
+            fh.write(("\n" if needs_newline else "") + text)
             fh.flush()
             os.fsync(fh.fileno())
-        self.records[record["output"]] = record
+        for r in records:
+            self.records[r["output"]] = r
+
+
+class RecordList:
+    """Collects the records a :class:`Runner` would append to a :class:`Manifest` (a worker of
+    :mod:`imguard.distributed` hands them to the one process that writes the manifest)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.items.append(record)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -251,11 +280,15 @@ class Runner:
         self.sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
 
     # -- bookkeeping
-    def _record(self, job: Job, status: str, **extra: Any) -> None:
-        self.manifest.append({
+    def record(self, job: Job, status: str, **extra: Any) -> dict:
+        """A manifest record of ``job`` (not yet written)."""
+        return {
             "input": str(job.src), "input_sha256": job.sha256, "output": job.rel, "status": status,
             "settings": self.settings, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra,
-        })
+        }
+
+    def _record(self, job: Job, status: str, **extra: Any) -> None:
+        self.manifest.append(self.record(job, status, **extra))
 
     def fail(self, job: Job, e: BaseException | str, record: bool = True) -> None:
         if isinstance(e, BaseException):
@@ -282,8 +315,17 @@ class Runner:
 
     # -- work
     def run(self, jobs: list[Job]) -> Report:
-        from .cli import _batches  # the one grouping helper
+        for batch in self.units(jobs):
+            if self.stop:
+                break
+            self.run_unit(batch)
+        return self.report
 
+    def units(self, jobs: list[Job]) -> list[list[Job]]:
+        """The batches to protect: skipped and planned failures reported, every file's size read
+        from its header (no decoding; unreadable files fail here), consecutive files of the same
+        size grouped, at most ``batch_size`` to a batch. Protecting the same batches with the same
+        settings gives the same results wherever they run."""
         todo = []
         for job in jobs:
             if self.stop:
@@ -302,11 +344,7 @@ class Runner:
                 sized.append((job, _header_size(job.src, self.opts.max_pixels)))
             except ImageReadError as e:
                 self.fail(job, e)
-        for batch in _batches(sized, lambda it: it[1], max(1, self.opts.batch_size)):
-            if self.stop:
-                break
-            self._batch([job for job, _ in batch])
-        return self.report
+        return [[job for job, _ in b] for b in batches(sized, lambda it: it[1], max(1, self.opts.batch_size))]
 
     def _load(self, job: Job, as_tensor: bool):
         """(image, float tensor or None, its ImageInfo or None): the tensor only for a batch of
@@ -321,7 +359,8 @@ class Runner:
         x, info = to_tensor(img, name=str(job.src), max_pixels=self.opts.max_pixels)
         return img, x, info
 
-    def _batch(self, batch: list[Job]) -> None:
+    def run_unit(self, batch: list[Job]) -> None:
+        """Protect one batch of :meth:`units` (one file at a time if the batch fails)."""
         import torch
 
         loaded = []

@@ -25,17 +25,6 @@ examples:
 """
 
 
-def _batches(items: list, key, size: int) -> list[list]:
-    """Consecutive runs of items with the same key, at most ``size`` long."""
-    out: list[list] = []
-    for item in items:
-        if out and len(out[-1]) < size and key(out[-1][0]) == key(item):
-            out[-1].append(item)
-        else:
-            out.append([item])
-    return out
-
-
 def _positive_int(text: str) -> int:
     try:
         v = int(text)
@@ -94,14 +83,22 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     return settings, kwargs
 
 
-def _make_protector(args: argparse.Namespace, settings: dict):
-    """The Protector of a ``protect`` command (tests replace this with a fast one)."""
+def _protector_factory(args: argparse.Namespace, settings: dict):
+    """A picklable callable that builds the Protector of a ``protect`` command (``--ray``
+    workers each call it once; tests replace it with a fast one)."""
+    import functools
+
     from . import Protector
 
-    return Protector(
-        args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
+    return functools.partial(
+        Protector, args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
         features=args.features, working_size=settings["working_size"], max_pixels=args.max_pixels,
     )
+
+
+def _make_protector(args: argparse.Namespace, settings: dict):
+    """The Protector of a ``protect`` command (tests replace this with a fast one)."""
+    return _protector_factory(args, settings)()
 
 
 def _models_line(protector, settings: dict) -> str:
@@ -123,12 +120,21 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     from .bulk import FatalError, Manifest, RunOptions, Runner, UsageError, check_output_dir, expand_inputs, plan
     from .models import ModelLoadError
 
+    _check_ray_args(args)
     settings, kwargs = _settings(args)
     out_dir = check_output_dir(args.output)
     manifest = Manifest(out_dir)
     exclude = manifest.output_paths() | {manifest.path.resolve()}
     inputs = expand_inputs(args.inputs, args.recursive, exclude)
     jobs = plan(inputs, out_dir, args.format, settings, manifest, args.overwrite)
+    opts = RunOptions(batch_size=args.batch_size, fail_fast=args.fail_fast, quiet=args.quiet,
+                      max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
+    if args.ray is not None:
+        from . import distributed
+
+        report = distributed.run(jobs, _protector_factory(args, settings), manifest, settings, opts,
+                                 address=None if args.ray == "local" else args.ray, workers=args.workers, device=args.device)
+        return _protect_summary(report, args)
     try:
         protector = _make_protector(args, settings)
     except (ValueError, TypeError) as e:
@@ -140,9 +146,35 @@ def _cmd_protect(args: argparse.Namespace) -> int:
             raise FatalError(str(e)) from e
     if not args.quiet:
         print(_models_line(protector, settings), flush=True)
-    opts = RunOptions(batch_size=args.batch_size, fail_fast=args.fail_fast, quiet=args.quiet,
-                      max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
     report = Runner(protector, manifest, settings, opts).run(jobs)
+    return _protect_summary(report, args)
+
+
+def _check_ray_args(args: argparse.Namespace) -> None:
+    from .bulk import UsageError
+
+    if args.workers is not None and args.ray is None:
+        raise UsageError("--workers is the number of Ray workers: use it with --ray")
+    if args.ray is None:
+        return
+    if not _looks_like_ray_address(args.ray):
+        raise UsageError(f"--ray got {args.ray!r}, which is not a Ray address (local, auto, HOST:PORT or ray://HOST:PORT); "
+                         "write --ray after the inputs, or --ray=ADDRESS")
+    from .distributed import require_ray
+
+    try:
+        require_ray()
+    except ImportError as e:
+        raise UsageError(str(e)) from e
+
+
+def _looks_like_ray_address(text: str) -> bool:
+    import re
+
+    return text in ("local", "auto") or "://" in text or re.fullmatch(r"[\w.\-]+:\d+", text) is not None
+
+
+def _protect_summary(report, args: argparse.Namespace) -> int:
     print(report.summary(), flush=True)
     for job in report.failed:
         print(f"  failed: {job.src}: {job.reason}", file=sys.stderr, flush=True)
@@ -441,6 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--keep-metadata", action="store_true", help="keep the EXIF data except its GPS location (default: all metadata is stripped)")
     p.add_argument("--overwrite", action="store_true", help="redo everything and replace existing files in OUT_DIR (inputs are still never overwritten)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="protect on a Ray cluster: a new local one by default, or ADDRESS (auto, ray://HOST:10001); "
+                   "same outputs and manifest as without it; needs pip install \"imguard[ray]\"")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="with --ray: workers, each holding one protector (default: one per GPU of the cluster, else 1)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (default: report it and go on)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines (the summary is still printed)")
     p.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
