@@ -88,7 +88,9 @@ class ProtectionResult:
         text = (
             f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}), "
             f"achieved {ach}/255, {self.steps} steps, "
-            f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
+            + (f"similarity {self.initial_similarity[0]:.2f} -> {self.similarity[0]:.2f} (attacked recognizers; lower = stronger), "
+               if self.similarity else "")
+            + f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
             f"(higher = stronger), {self.seconds:.1f}s"
         )
         if self.check:
