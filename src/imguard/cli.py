@@ -225,7 +225,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     if not args.recursive:
         for item in args.inputs:
             p = Path(item)
-            subs = sorted(q.name for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")) if p.is_dir() else []
+            subs = sorted(q.name for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")
+                          and q.resolve() != out_dir.resolve()) if p.is_dir() else []
             if subs:
                 shown = ", ".join(subs[:3]) + (", ..." if len(subs) > 3 else "")
                 warnings.warn(f"imguard: {p} has subfolders ({shown}) that are not protected without -r; "
