@@ -31,7 +31,8 @@ def _noise(path: Path, size=(40, 32)) -> Path:
 def test_sample_portrait_ships_with_its_source_and_licence():
     from imguard.samples import EXAMPLE
 
-    im = Image.open(EXAMPLE)
+    with Image.open(EXAMPLE) as im:
+        im.load()
     assert im.size == (256, 256) and im.mode == "RGB" and EXAMPLE.stat().st_size < 200_000
     source = (EXAMPLE.parent / "SOURCE.md").read_text()
     assert "public domain" in source and "scikit-image" in source and "Eileen Collins" in source
@@ -45,8 +46,8 @@ def test_example_runs_in_a_folder_with_no_shared_assets_beside_it(tmp_path):
     r = subprocess.run([sys.executable, "-m", "imguard", "protect", "--example", "-o", "out", *FAST],
                        cwd=work, capture_output=True, text=True, env=SRC_ENV, timeout=300)
     assert r.returncode == 0, r.stderr
-    out = Image.open(work / "out" / "astronaut.png")
-    assert out.size == (256, 256)
+    with Image.open(work / "out" / "astronaut.png") as out:
+        assert out.size == (256, 256)
     assert "1 protected" in r.stdout and "estimate: about" in r.stdout and "1 step," in r.stdout
 
 

@@ -454,6 +454,8 @@ class Protector:
             maximize=first.maximize,
             check=[res.check[0] for _, res in face_results if res.check] or None,
             steps_run=ref.steps_run,
+            # the largest face's (what the bar showed for it); each face's is in its own result
+            initial_similarity=first.initial_similarity, similarity=first.similarity,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
         )
