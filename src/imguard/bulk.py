@@ -416,7 +416,7 @@ class Runner:
         self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check)
         self.report.protected.append(job)
         verdict = res.check[k] if check else None
-        if verdict is not None and not verdict.identity_lost and verdict.similarity is not None:
+        if verdict is not None and getattr(verdict, "identity_lost", True) is False and getattr(verdict, "similarity", None) is not None:
             self.report.recognisable.append(job)
             self.report.hint = stronger_hint(self.settings)
         if not self.opts.quiet:
