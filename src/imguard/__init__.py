@@ -10,8 +10,11 @@
 from .api import ItemError, Protector, ProtectionResult, methods, protect
 from .budget import Budget
 from .io import ImageReadError
+from .hints import install_warning_format
 from .models import ModelLoadError, Models, NoFaceError
 from .visibility import Visibility, visibility  # the function shadows the submodule's name on purpose
+
+install_warning_format()  # imguard's warnings: one line, no source line
 
 __version__ = "0.1.0"
 

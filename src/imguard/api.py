@@ -57,6 +57,12 @@ class ProtectionResult:
     maximize: bool = True
     #: per image: how visible the change is (:class:`imguard.visibility.Visibility`: PSNR, SSIM, LPIPS, flat-region change)
     visibility: list | None = None
+    #: per image, face methods only: the attacked recognizers' mean cosine similarity to the original
+    #: after the attacked autoencoders' round trips, at the clean image and at the result (the number
+    #: the progress bar shows; it falls as the protection works; below a recognizer's threshold,
+    #: that recognizer no longer matches the person)
+    initial_similarity: list | None = None
+    similarity: list | None = None
 
     # One number, one sign, everywhere (progress bar, summary, web page, docs): the *objective*
     # is what the method maximises, so higher always means a stronger protection.
@@ -85,7 +91,9 @@ class ProtectionResult:
             f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}"
             f"{', perceptual map' if self.options.get('budget') == 'jnd' else ''}), "
             f"achieved {ach}/255, {self.steps} steps, "
-            f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
+            + (f"similarity {self.initial_similarity[0]:.2f} -> {self.similarity[0]:.2f} (attacked recognizers; lower = stronger), "
+               if self.similarity else "")
+            + f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
             f"(higher = stronger), {self.seconds:.1f}s"
         )
         if self.visibility:
@@ -337,16 +345,21 @@ class Protector:
 
             bar = None
             cb = callback
+            sim0 = _similarity_to_original(ctx, x, self.amp_dtype) if (progress or return_result) else None
             if progress:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
 
                 sign = 1.0 if m.maximize else -1.0
+                if sim0 is not None:  # face methods: one readable number, the similarity, falling
+                    bar.set_postfix(similarity=f"{float(sim0[0]):.2f}")
+                    stop = _showing_similarity(stop, ctx, bar, cfg.steps, self.amp_dtype)
 
-                def cb(i, n, loss, _user=callback, _sign=sign):
+                def cb(i, n, loss, _user=callback, _sign=sign, _face=sim0 is not None):
                     bar.update(1)
-                    bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
+                    if not _face:  # other methods: their objective (higher = stronger)
+                        bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
                     if _user is not None:
                         _user(i, n, loss)
 
@@ -364,6 +377,7 @@ class Protector:
                 out, achieved = _within_gate(x_native, res.delta, budget, mask_native, out, achieved)
             if not bool((achieved <= budget.eps + 1e-3).all()):
                 raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
+            sim1 = _similarity_to_original(ctx, x + res.delta, self.amp_dtype) if return_result and sim0 is not None else None
             checks = seen = None
             if return_result:
                 out_work = resize_image(out.to(dev).float().div_(255), size)
@@ -394,6 +408,8 @@ class Protector:
             visibility=seen,
             steps_run=[int(v) for v in res.steps_run],
             maximize=m.maximize,
+            initial_similarity=[float(v) for v in sim0.cpu()] if sim1 is not None else None,
+            similarity=[float(v) for v in sim1.cpu()] if sim1 is not None else None,
         )
 
     def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
@@ -454,6 +470,8 @@ class Protector:
             check=[res.check[0] for _, res in face_results if res.check] or None,
             visibility=_visibility(x, out, resize_image(x, first.working_size), resize_image(out.float(), first.working_size)),
             steps_run=ref.steps_run,
+            # the largest face's (what the bar showed for it); each face's is in its own result
+            initial_similarity=first.initial_similarity, similarity=first.similarity,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
         )
@@ -616,6 +634,33 @@ def _visibility(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.
             for v, d in zip(seen, lp(x_work.float(), out_work.float()).flatten()):
                 v.lpips = float(d)
     return seen
+
+
+def _similarity_to_original(ctx: Any, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor | None:
+    """[B]: the attacked recognizers' mean similarity to the original after the attacked
+    autoencoders' round trips (mean over them); None for methods without a recognizer."""
+    embedder, ref = getattr(ctx, "embedder", None), getattr(ctx, "emb_clean", None)
+    if embedder is None or ref is None:
+        return None
+    aes = list(getattr(ctx, "autoencoders", None) or [])
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        trips = [ae.decode(ae.encode(x)).float().clamp(0, 1) for ae in aes] or [x]
+        return torch.stack([embedder.similarity(t, ref).float() for t in trips]).mean(0).cpu()
+
+
+def _showing_similarity(stop, ctx: Any, bar: Any, steps: int, amp_dtype: torch.dtype | None):
+    """Wraps the early stop (which sees x') to put the similarity on the progress bar about
+    ten times per run and at the last step (an extra forward pass each time, no gradient)."""
+    every = max(1, steps // 10)
+
+    def wrapped(x_adv, loss, i):
+        if (i + 1) % every == 0 or i + 1 == steps:
+            sim = _similarity_to_original(ctx, x_adv, amp_dtype)
+            if sim is not None:
+                bar.set_postfix(similarity=f"{float(sim[0]):.2f}")
+        return stop(x_adv, loss, i) if stop is not None else torch.zeros(x_adv.shape[0], dtype=torch.bool)
+
+    return wrapped
 
 
 def _margin_stop(m, ctx, opts: dict, steps: int):

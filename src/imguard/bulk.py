@@ -59,9 +59,28 @@ class Report:
     protected: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[Job] = field(default_factory=list)
+    #: protected, but the protection check judged the person still recognisable
+    recognisable: list[Job] = field(default_factory=list)
+    #: the flag that would help those (see :func:`stronger_hint`)
+    hint: str = ""
 
     def summary(self) -> str:
-        return f"imguard: {len(self.protected)} protected, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        text = f"imguard: {len(self.protected)} protected"
+        if self.recognisable:
+            n = len(self.recognisable)
+            text += (f" ({n} still recognisable by the check: written, but the protection is weak on "
+                     f"{'it' if n == 1 else 'them'}; {self.hint or 'try --strength high'})")
+        return text + f", {len(self.skipped)} skipped, {len(self.failed)} failed"
+
+
+def stronger_hint(settings: dict) -> str:
+    """The flag that makes a protection stronger than the one run with ``settings``."""
+    strength = settings.get("strength")
+    if strength == "low":
+        return "run again with --strength medium or --strength high (and --overwrite)"
+    if strength == "high":
+        return "run again with more --steps (e.g. --steps 400) or a larger --eps (more visible), and --overwrite"
+    return "run again with --strength high (and --overwrite)"
 
 
 def one_line(text: Any) -> str:
@@ -255,6 +274,8 @@ def hint_for(e: BaseException) -> str:
     from .models import NoFaceError
 
     if isinstance(e, ImageReadError):
+        if "not a readable image" in str(e):
+            return "; check that it is an image file (PNG, JPEG, WebP, TIFF, BMP), or leave it out"
         return ""  # its message says it
     if isinstance(e, NoFaceError):
         return "; use a photo with a visible face, or drop --require-face"
@@ -435,9 +456,13 @@ class Runner:
         self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check,
                      visibility=seen.as_dict() if seen is not None else None)
         self.report.protected.append(job)
+        verdict = res.check[k] if check else None
+        if verdict is not None and getattr(verdict, "identity_lost", True) is False and getattr(verdict, "similarity", None) is not None:
+            self.report.recognisable.append(job)
+            self.report.hint = stronger_hint(self.settings)
         if not self.opts.quiet:
             self.write(f"{job.src} -> {job.dst}  (max |delta| {achieved:.2f}/255 of eps {res.eps:g}; "
-                       f"{res.method}, {res.steps} steps, {res.seconds / n:.1f}s/image)")
+                       f"{res.method}, {res.steps} step{'' if res.steps == 1 else 's'}, {res.seconds / n:.1f}s/image)")
             if seen is not None:
                 self.write(f"  {seen.line()}")
             if check:
