@@ -108,6 +108,6 @@ def test_batch_size_groups_same_sized_images(tmp_path, tiny_vae_dir):
 
 
 def test_batches_helper():
-    from imguard.cli import _batches
+    from imguard.bulk import batches as _batches
 
     assert _batches([1, 1, 1, 2, 2, 1], key=lambda v: v, size=2) == [[1, 1], [1], [2, 2], [1]]

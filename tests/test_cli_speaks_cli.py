@@ -45,7 +45,7 @@ def test_offline_model_errors_come_together_fast_and_in_flags(tmp_path, monkeypa
                "--face-model", "facenet", "--steps", "1", "--device", "cpu", "-q"])
     took = time.perf_counter() - t0
     err = capsys.readouterr().err
-    assert rc == 1 and took < 30  # no minute of network retries
+    assert rc == 2 and took < 30  # no minute of network retries; nothing was done: a usage error
     assert "models could not load" in err and "instruct-pix2pix" in err and "facenet" in err  # both, together
     assert err.count("cannot load the autoencoder") == 1
     assert "--vae taesd" in err and "--face-model facenet:/path/to/" in err

@@ -90,12 +90,18 @@ def test_identity_member_attacks_the_image_itself(tiny_vae_dir, image64):
     def direct_similarity(vae) -> float:
         rec = TinyRecognizer()
         models = Models(vae=vae, face_model=rec, features="ae", detector=None)
-        p = imguard.Protector("facelock", models=models, working_size=64, check=False)
+        # fp32: under bf16 autocast (the default on CPUs with AMX) the similarities near 0.999
+        # this test compares are rounding noise
+        p = imguard.Protector("facelock", models=models, working_size=64, check=False, precision="fp32")
         out = p.protect(image64, eps=8, steps=12, seed=0)
         emb = FaceEmbedder(rec, faces)
         return float(emb.similarity(out, emb.embed_all(image64)))
 
-    ae = TinyAutoencoder(4)
+    # seeded here: unseeded, its weights came from whatever the tests before this one left in
+    # torch's global generator, and some orders gave an autoencoder the margin below failed for
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        ae = TinyAutoencoder(4)
     ae.name = "tiny"
     # the recognizer on the protected image itself moves further with the identity member
     with_identity, without = direct_similarity([ae, "identity"]), direct_similarity([ae])

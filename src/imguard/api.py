@@ -55,6 +55,14 @@ class ProtectionResult:
     steps_run: list | None = None
     #: whether the method maximises its loss; the *objective* is the loss when it does, its negation when not
     maximize: bool = True
+    #: per image: how visible the change is (:class:`imguard.visibility.Visibility`: PSNR, SSIM, LPIPS, flat-region change)
+    visibility: list | None = None
+    #: per image, face methods only: the attacked recognizers' mean cosine similarity to the original
+    #: after the attacked autoencoders' round trips, at the clean image and at the result (the number
+    #: the progress bar shows; it falls as the protection works; below a recognizer's threshold,
+    #: that recognizer no longer matches the person)
+    initial_similarity: list | None = None
+    similarity: list | None = None
 
     # One number, one sign, everywhere (progress bar, summary, web page, docs): the *objective*
     # is what the method maximises, so higher always means a stronger protection.
@@ -80,11 +88,16 @@ class ProtectionResult:
     def summary(self) -> str:
         ach = ", ".join(f"{a:.2f}" for a in self.achieved)
         text = (
-            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}), "
+            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}"
+            f"{', perceptual map' if self.options.get('budget') == 'jnd' else ''}), "
             f"achieved {ach}/255, {self.steps} steps, "
-            f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
+            + (f"similarity {self.initial_similarity[0]:.2f} -> {self.similarity[0]:.2f} (attacked recognizers; lower = stronger), "
+               if self.similarity else "")
+            + f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
             f"(higher = stronger), {self.seconds:.1f}s"
         )
+        if self.visibility:
+            text += "\n" + "\n".join(v.line() for v in self.visibility)
         if self.check:
             text += "\n" + "\n".join(c.line() for c in self.check)
         return text
@@ -292,7 +305,7 @@ class Protector:
         models = self.load_models(m.name, strength)
         overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
         opts = m.options(**{**preset_opts, **overrides})
-        budget = Budget(opts["eps"], opts["norm"])
+        budget = _budget_of(opts)
         cfg = engine.EngineConfig(
             steps=int(opts["steps"]),
             step_size=float(opts["step_size"]),
@@ -315,6 +328,8 @@ class Protector:
         B, _, H, W = x_native.shape
         size = working_shape(H, W, self.working_size)
         mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None
+        if opts["budget"] == "jnd":  # the perceptual map, once, at the native size
+            budget = perceptual_budget(x_native, budget.eps, float(opts["jnd_scale"]))
 
         with self._lock:  # one optimisation at a time per Protector (models are shared)
             dev = self.device
@@ -330,22 +345,27 @@ class Protector:
 
             bar = None
             cb = callback
+            sim0 = _similarity_to_original(ctx, x, self.amp_dtype) if (progress or return_result) else None
             if progress:
                 from tqdm.auto import tqdm
 
                 bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
 
                 sign = 1.0 if m.maximize else -1.0
+                if sim0 is not None:  # face methods: one readable number, the similarity, falling
+                    bar.set_postfix(similarity=f"{float(sim0[0]):.2f}")
+                    stop = _showing_similarity(stop, ctx, bar, cfg.steps, self.amp_dtype)
 
-                def cb(i, n, loss, _user=callback, _sign=sign):
+                def cb(i, n, loss, _user=callback, _sign=sign, _face=sim0 is not None):
                     bar.update(1)
-                    bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
+                    if not _face:  # other methods: their objective (higher = stronger)
+                        bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
                     if _user is not None:
                         _user(i, n, loss)
 
             try:
                 res = engine.run(
-                    x, objective, budget, cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
+                    x, objective, budget.resized(tuple(size)).to(dev), cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
                     amp_dtype=self.amp_dtype,
                 )
             finally:
@@ -353,11 +373,17 @@ class Protector:
                     bar.close()
 
             out, achieved = finalize(x_native, res.delta, budget, mask_native)  # uint8, in row bands
+            if opts["gate"]:  # invisible by the gate, whatever the optimiser did
+                out, achieved = _within_gate(x_native, res.delta, budget, mask_native, out, achieved)
             if not bool((achieved <= budget.eps + 1e-3).all()):
                 raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
-            checks = None
-            if return_result and self.check_enabled and "face" in m.needs:
-                checks = self._run_check(x, resize_image(out.to(dev).float().div_(255), size), models)
+            sim1 = _similarity_to_original(ctx, x + res.delta, self.amp_dtype) if return_result and sim0 is not None else None
+            checks = seen = None
+            if return_result:
+                out_work = resize_image(out.to(dev).float().div_(255), size)
+                seen = _visibility(x_native, out, x, out_work)
+                if self.check_enabled and "face" in m.needs:
+                    checks = self._run_check(x, out_work, models)
 
         result_image = from_tensor(out, info)
         if not return_result:
@@ -379,8 +405,11 @@ class Protector:
             options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
             strength=strength,
             check=checks,
+            visibility=seen,
             steps_run=[int(v) for v in res.steps_run],
             maximize=m.maximize,
+            initial_similarity=[float(v) for v in sim0.cpu()] if sim1 is not None else None,
+            similarity=[float(v) for v in sim1.cpu()] if sim1 is not None else None,
         )
 
     def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
@@ -424,6 +453,8 @@ class Protector:
             whole, rest_img = None, x
         first = face_results[0][1]
         budget = Budget(first.eps, first.norm)
+        if first.options.get("budget") == "jnd":
+            budget = perceptual_budget(x, first.eps, float(first.options["jnd_scale"]))
         out = compose(x, rest_img, [(r, res.image) for r, res in face_results], budget)
         achieved = budget.measure(out - x)
         if not bool((achieved <= budget.eps + 1e-3).all()):
@@ -437,7 +468,10 @@ class Protector:
             options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
             maximize=first.maximize,
             check=[res.check[0] for _, res in face_results if res.check] or None,
+            visibility=_visibility(x, out, resize_image(x, first.working_size), resize_image(out.float(), first.working_size)),
             steps_run=ref.steps_run,
+            # the largest face's (what the bar showed for it); each face's is in its own result
+            initial_similarity=first.initial_similarity, similarity=first.similarity,
             faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
                     "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
         )
@@ -498,6 +532,135 @@ class Protector:
                         one = prot[j : j + 1]
                     out[i] = from_tensor(one, loaded[i][1])
         return out
+
+
+def _budget_of(opts: dict) -> Budget:
+    """The plain budget of a method's options (the perceptual map is added per image)."""
+    from .budget import BUDGETS
+
+    kind = opts.get("budget", "linf")
+    if kind not in BUDGETS:
+        raise ValueError(f"unknown budget {kind!r}; valid: {', '.join(BUDGETS)} "
+                         "('jnd': invisible, the change goes where texture hides it; 'linf': eps everywhere, visible at large eps)")
+    if kind == "jnd" and opts["norm"] != "linf":
+        raise ValueError("budget='jnd' is a per-pixel cap; use it with norm='linf' (or budget='linf' with norm='l2')")
+    return Budget(opts["eps"], opts["norm"])
+
+
+#: rows of the native image the JND map is computed on at once (bounded memory for big photos)
+JND_BAND_ROWS = 1024
+
+
+def perceptual_budget(x: torch.Tensor, eps: float, scale: float) -> Budget:
+    """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
+    so a big photo never needs more than a band's worth of temporaries."""
+    H = x.shape[-2]
+    if H <= JND_BAND_ROWS:
+        return Budget.perceptual(x, eps, scale)
+    from .budget import with_psnr_floor
+
+    halo = 4
+    maps, weights = [], []
+    for r0 in range(0, H, JND_BAND_ROWS):
+        r1 = min(H, r0 + JND_BAND_ROWS)
+        a, b = max(0, r0 - halo), min(H, r1 + halo)
+        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale, psnr_floor=float("-inf"))  # the floor is the whole photo's
+        maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
+        weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
+    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2)), flat_weight=torch.cat(weights, -2))
+
+
+#: the gate enforced with this much to spare (flat, PSNR, SSIM), so rounding never tips a result over
+GATE_MARGIN = {"flat": 0.05, "psnr": 0.3, "ssim": 0.003}
+
+
+def _passes(v) -> bool:
+    from .visibility import GATE
+
+    return (v.flat <= GATE["flat"] - GATE_MARGIN["flat"] and v.psnr >= GATE["psnr"] + GATE_MARGIN["psnr"]
+            and v.ssim >= GATE["ssim"] + GATE_MARGIN["ssim"])
+
+
+def _within_gate(x_native, delta, budget: Budget, mask, out, achieved, tries: int = 7):
+    """``gate=True``: each image whose result fails the visibility gate (with
+    :data:`GATE_MARGIN`) gets its perturbation scaled down, by bisection on the factor, to the
+    largest that passes (visibility at the native size, or at the working size for photos above
+    :data:`VISIBILITY_MAX_PIXELS`)."""
+    from .visibility import measure
+
+    def seen(i, o):
+        a, b = x_native[i : i + 1].float(), o.float().div(255).to(x_native.device)
+        if a.shape[-2] * a.shape[-1] > VISIBILITY_MAX_PIXELS:
+            a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(b, tuple(delta.shape[-2:]))
+        return measure(a, b)[0]
+
+    for i in range(x_native.shape[0]):
+        if _passes(seen(i, out[i : i + 1])):
+            continue
+        bi = budget.sample(i)
+        mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
+        lo, best = 0.0, finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
+        hi = 1.0
+        for _ in range(tries):
+            mid = (lo + hi) / 2
+            cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, bi, mi)
+            if _passes(seen(i, cand[0])):
+                lo, best = mid, cand
+            else:
+                hi = mid
+        out[i : i + 1], achieved[i] = best[0], best[1][0]
+    return out, achieved
+
+
+#: above this many pixels, visibility is measured on the working-size pair (bounded time and memory)
+VISIBILITY_MAX_PIXELS = 16_000_000
+
+
+def _visibility(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor) -> list:
+    """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
+    SSIM and the flat-region change at the native size (at the working size above
+    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size."""
+    from .visibility import _default_lpips, measure
+
+    H, W = x_native.shape[-2:]
+    if H * W <= VISIBILITY_MAX_PIXELS:
+        out01 = out_native.float().div(255) if out_native.dtype == torch.uint8 else out_native.float()
+        seen = measure(x_native.float(), out01.to(x_native.device))
+    else:
+        seen = measure(x_work, out_work)
+    lp = _default_lpips(x_work.device)
+    if lp is not None:
+        with torch.no_grad():
+            for v, d in zip(seen, lp(x_work.float(), out_work.float()).flatten()):
+                v.lpips = float(d)
+    return seen
+
+
+def _similarity_to_original(ctx: Any, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor | None:
+    """[B]: the attacked recognizers' mean similarity to the original after the attacked
+    autoencoders' round trips (mean over them); None for methods without a recognizer."""
+    embedder, ref = getattr(ctx, "embedder", None), getattr(ctx, "emb_clean", None)
+    if embedder is None or ref is None:
+        return None
+    aes = list(getattr(ctx, "autoencoders", None) or [])
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+        trips = [ae.decode(ae.encode(x)).float().clamp(0, 1) for ae in aes] or [x]
+        return torch.stack([embedder.similarity(t, ref).float() for t in trips]).mean(0).cpu()
+
+
+def _showing_similarity(stop, ctx: Any, bar: Any, steps: int, amp_dtype: torch.dtype | None):
+    """Wraps the early stop (which sees x') to put the similarity on the progress bar about
+    ten times per run and at the last step (an extra forward pass each time, no gradient)."""
+    every = max(1, steps // 10)
+
+    def wrapped(x_adv, loss, i):
+        if (i + 1) % every == 0 or i + 1 == steps:
+            sim = _similarity_to_original(ctx, x_adv, amp_dtype)
+            if sim is not None:
+                bar.set_postfix(similarity=f"{float(sim[0]):.2f}")
+        return stop(x_adv, loss, i) if stop is not None else torch.zeros(x_adv.shape[0], dtype=torch.bool)
+
+    return wrapped
 
 
 def _margin_stop(m, ctx, opts: dict, steps: int):

@@ -13,16 +13,31 @@ Norms
           the same at the working size and at the native size.
 
 A norm is three hooks (random start, step direction, projection), as in foolbox.
+
+Perceptual budget (``budget="jnd"``)
+-----------------------------------
+Inside the hard cap ``eps`` a per-pixel radius map says how much each pixel may change, from a
+just-noticeable-difference (JND) model of the original (:func:`jnd_map`): luminance adaptation
+and texture masking of Chou & Li (1995), combined by the nonlinear additivity model of Yang et
+al. (2005). The change goes where texture hides it and stays small on flat areas; there, where
+the eye sees structure first, the projection also takes out the change's local mean (its low
+frequencies), so what is left on a flat area is fine-grained. The map is computed once per
+image at its native size (:meth:`Budget.perceptual`) and resized, never above its own values,
+to the working size (:meth:`Budget.resized`). ``measure`` still reports the largest change
+(<= ``eps``); ``holds`` also checks the map.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 NORMS = ("linf", "l2")
+#: Budget kinds of the public ``budget=`` option: the plain per-pixel cap, or the perceptual map under it.
+BUDGETS = ("jnd", "linf")
 #: Largest eps accepted, in /255 units. Beyond this a "protection" is a visible edit.
 MAX_EPS = 64.0
 
@@ -38,6 +53,10 @@ class Budget:
 
     eps: float
     norm: str = "linf"
+    #: per-pixel radius [B or 1,1,H,W] in [0,1] units, each <= eps/255 (the perceptual budget); None: eps everywhere
+    radius_map: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: [B or 1,1,H,W] in [0,1]: how much of the change's local mean the projection removes (1 on flat areas)
+    flat_weight: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -57,6 +76,68 @@ class Budget:
                 "or mean eps=8 (8/255)?"
             )
         object.__setattr__(self, "eps", eps)
+        if self.radius_map is not None and self.norm != "linf":
+            raise ValueError("the perceptual budget (budget='jnd') is a per-pixel cap: use it with norm='linf'")
+
+    # -- the perceptual budget -----------------------------------------------------------
+    @classmethod
+    def perceptual(cls, x: torch.Tensor, eps: float, scale: float = 1.0, floor: float = 0.5,
+                   psnr_floor: float | None = None) -> "Budget":
+        """The perceptual budget of images ``x`` ([B,3,H,W] in [0,1], native size): each pixel
+        may change by ``scale * min(jnd_map(x), contrast_masking_map(x))`` /255, at most ``eps``
+        and at least ``floor`` (never above ``eps``); then, per image, the whole map is scaled
+        down where needed so that no change inside it can bring the PSNR below ``psnr_floor``
+        (default :data:`PSNR_FLOOR`; dark photos, where the eye forgives most, would otherwise
+        allow the most)."""
+        eps = cls(eps).eps  # validated
+        if not (scale > 0 and math.isfinite(scale)):
+            raise ValueError(f"jnd_scale must be a number > 0, got {scale!r}")
+        x = x.detach()
+        r = torch.minimum(jnd_map(x), contrast_masking_map(x)) * float(scale)
+        r = r.clamp(min=min(float(floor), eps), max=eps) / 255.0
+        return cls(eps, "linf", radius_map=with_psnr_floor(r, psnr_floor), flat_weight=flat_weight(x))
+
+    @property
+    def perceptual_map(self) -> bool:
+        return self.radius_map is not None
+
+    def resized(self, size: tuple[int, int]) -> "Budget":
+        """This budget for images of ``size`` (H, W): the radius map is pooled by its minimum
+        when shrunk (no pixel gets more than the native map allowed around it), resized
+        bilinearly when grown."""
+        if self.radius_map is None or tuple(self.radius_map.shape[-2:]) == tuple(size):
+            return self
+        return replace(self, radius_map=_resize_map(self.radius_map, size, shrink="min"),
+                       flat_weight=_resize_map(self.flat_weight, size, shrink="mean"))
+
+    def rows(self, r0: int, r1: int) -> "Budget":
+        """This budget for rows ``r0:r1`` of its image (for work done in bands)."""
+        if self.radius_map is None:
+            return self
+        return replace(self, radius_map=self.radius_map[..., r0:r1, :],
+                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., r0:r1, :])
+
+    def sample(self, i: int) -> "Budget":
+        """This budget for image ``i`` of its batch alone."""
+        if self.radius_map is None or self.radius_map.shape[0] == 1:
+            return self
+        return replace(self, radius_map=self.radius_map[i : i + 1],
+                       flat_weight=None if self.flat_weight is None else self.flat_weight[i : i + 1])
+
+    def to(self, device: torch.device | str) -> "Budget":
+        if self.radius_map is None:
+            return self
+        return replace(self, radius_map=self.radius_map.to(device),
+                       flat_weight=None if self.flat_weight is None else self.flat_weight.to(device))
+
+    def _radius_like(self, delta: torch.Tensor):
+        """The per-pixel radius for ``delta`` (a float for a plain budget)."""
+        if self.radius_map is None:
+            return self.radius
+        r = self.radius_map
+        if tuple(r.shape[-2:]) != tuple(delta.shape[-2:]):
+            r = _resize_map(r, tuple(delta.shape[-2:]), shrink="min")
+        return r.to(device=delta.device, dtype=delta.dtype)
 
     @property
     def radius(self) -> float:
@@ -71,7 +152,7 @@ class Budget:
         """A random delta drawn uniformly from the budget ball (same shape as ``like``)."""
         if self.norm == "linf":
             u = torch.rand(like.shape, generator=generator, device="cpu", dtype=torch.float32)
-            return ((u * 2 - 1) * self.radius).to(like.device)
+            return (u * 2 - 1).to(like.device) * self._radius_like(like)
         g = torch.randn(like.shape, generator=generator, device="cpu", dtype=torch.float32)
         g = g / _per_sample_norm(g).clamp_min(1e-12)
         n = g[0].numel()
@@ -88,9 +169,18 @@ class Budget:
         return grad / _per_sample_norm(grad).clamp_min(1e-20) * n
 
     def project(self, delta: torch.Tensor) -> torch.Tensor:
-        """Project delta onto the budget ball."""
+        """Project delta onto the budget ball (for the perceptual budget: the local mean of the
+        change taken out on flat areas, then each pixel clamped to its radius)."""
         if self.norm == "linf":
-            return delta.clamp(-self.radius, self.radius)
+            if self.radius_map is None:
+                return delta.clamp(-self.radius, self.radius)
+            r = self._radius_like(delta)
+            if self.flat_weight is not None and min(delta.shape[-2:]) >= 5:
+                w = self.flat_weight
+                if tuple(w.shape[-2:]) != tuple(delta.shape[-2:]):
+                    w = _resize_map(w, tuple(delta.shape[-2:]), shrink="mean")
+                delta = delta - w.to(delta.device, delta.dtype) * _local_mean(delta)
+            return torch.maximum(torch.minimum(delta, r), -r)
         r = self._l2_radius(delta)
         norm = _per_sample_norm(delta)
         factor = torch.where(norm > r, r / norm.clamp_min(1e-20), torch.ones_like(norm))
@@ -105,8 +195,114 @@ class Budget:
         return d.pow(2).mean(dim=1).sqrt() * 255.0
 
     def holds(self, delta: torch.Tensor, tol: float = 1e-4) -> bool:
-        """True when every sample is inside the budget (tolerance in /255 units)."""
-        return bool((self.measure(delta) <= self.eps + tol).all())
+        """True when every sample is inside the budget (and every pixel inside its radius map;
+        tolerance in /255 units)."""
+        if not bool((self.measure(delta) <= self.eps + tol).all()):
+            return False
+        if self.radius_map is None:
+            return True
+        return bool((delta.detach().abs() <= self._radius_like(delta) + tol / 255.0).all())
+
+
+# -- the just-noticeable-difference model ----------------------------------------------------
+# Chou & Li, "A perceptually tuned subband image coder based on the measure of
+# just-noticeable-distortion profile", IEEE TCSVT 5(6), 1995: background luminance (a 5x5
+# weighted mean), the largest of four directional 5x5 gradients, a luminance-adaptation and a
+# spatial-masking threshold. Yang et al., "Just noticeable distortion model and its
+# applications in video coding", Signal Processing: Image Communication 20(7), 2005: the two
+# combined by the nonlinear additivity model, JND = T_l + T_t - C * min(T_l, T_t), C = 0.3.
+_BG = [[1, 1, 1, 1, 1], [1, 2, 2, 2, 1], [1, 2, 0, 2, 1], [1, 2, 2, 2, 1], [1, 1, 1, 1, 1]]
+_GRADS = [
+    [[0, 0, 0, 0, 0], [1, 3, 8, 3, 1], [0, 0, 0, 0, 0], [-1, -3, -8, -3, -1], [0, 0, 0, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 8, 3, 0, 0], [1, 3, 0, -3, -1], [0, 0, -3, -8, 0], [0, 0, -1, 0, 0]],
+    [[0, 0, 1, 0, 0], [0, 0, 3, 8, 0], [-1, -3, 0, 3, 1], [0, -8, -3, 0, 0], [0, 0, -1, 0, 0]],
+    [[0, 1, 0, -1, 0], [0, 3, 0, -3, 0], [0, 8, 0, -8, 0], [0, 3, 0, -3, 0], [0, 1, 0, -1, 0]],
+]
+NAMM_OVERLAP = 0.3
+
+
+def jnd_map(x: torch.Tensor) -> torch.Tensor:
+    """Just-noticeable difference of each pixel of ``x`` ([B,3,H,W] in [0,1]), in /255 units:
+    [B,1,H,W]. Small (about 3/255) on flat mid-grey, larger on texture and edges and in the
+    dark. See the comment above for the model."""
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise ValueError(f"jnd_map expects images shaped [B,3,H,W], got {tuple(x.shape)}")
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    y = (x.float() * w).sum(1, keepdim=True) * 255.0
+    yp = F.pad(y, (2, 2, 2, 2), mode="replicate")
+    bg = F.conv2d(yp, torch.tensor(_BG, dtype=torch.float32, device=x.device).view(1, 1, 5, 5)) / 32.0
+    g = F.conv2d(yp, torch.tensor(_GRADS, dtype=torch.float32, device=x.device).view(4, 1, 5, 5)) / 16.0
+    mg = g.abs().amax(dim=1, keepdim=True)
+    lum = torch.where(bg <= 127, 17.0 * (1 - (bg / 127.0).clamp_min(0).sqrt()) + 3.0, 3.0 / 128.0 * (bg - 127.0) + 3.0)
+    tex = (mg * (0.0001 * bg + 0.115) + (0.5 - 0.01 * bg)).clamp_min(0)
+    return lum + tex - NAMM_OVERLAP * torch.minimum(lum, tex)
+
+
+#: the structural similarity each pixel's neighbourhood keeps under a change at the contrast-masking bound
+SSIM_TARGET = 0.965
+_SSIM_C2 = (0.03 * 255.0) ** 2  # SSIM's contrast constant, in (/255)^2
+
+
+def contrast_masking_map(x: torch.Tensor, target: float | None = None) -> torch.Tensor:
+    """Contrast masking, in /255: the largest change per pixel (RMS over its neighbourhood) that
+    keeps the local structural similarity (Wang et al., "Image quality assessment: from error
+    visibility to structural similarity", IEEE TIP 13(4), 2004) at ``target``. For a change of
+    variance n^2 uncorrelated with the image, SSIM's contrast-structure term is
+    (2 s^2 + C2) / (2 s^2 + n^2 + C2) with s the local standard deviation (SSIM's 11x11
+    Gaussian window, sigma 1.5), so n^2 <= (2 s^2 + C2)(1/target - 1): about 1.5/255 on a flat
+    area, growing in proportion to the local contrast on texture. The smallest of the three
+    channels counts. [B,1,H,W]."""
+    from kornia.filters import gaussian_blur2d
+
+    xf = x.float() * 255.0
+    mu = gaussian_blur2d(xf, (11, 11), (1.5, 1.5), border_type="replicate")
+    var = (gaussian_blur2d(xf * xf, (11, 11), (1.5, 1.5), border_type="replicate") - mu * mu).clamp_min(0)
+    target = SSIM_TARGET if target is None else float(target)
+    bound = ((2 * var + _SSIM_C2) * (1.0 / target - 1.0)).sqrt()
+    return bound.amin(dim=1, keepdim=True)
+
+
+#: No change inside a perceptual budget brings an image's PSNR below this (dB): the gate's 36 plus a margin.
+PSNR_FLOOR = 37.0
+
+
+def with_psnr_floor(radius: torch.Tensor, psnr_floor: float | None = None) -> torch.Tensor:
+    """``radius`` ([B,1,H,W] in [0,1] units) scaled down per image where its RMS exceeds what
+    ``psnr_floor`` allows: since |delta| <= radius, MSE <= mean(radius^2), so any change inside
+    the result keeps PSNR >= psnr_floor (quantisation included: it stays inside the radius)."""
+    floor = PSNR_FLOOR if psnr_floor is None else float(psnr_floor)
+    rms_max = 10.0 ** (-floor / 20.0)
+    rms = radius.float().pow(2).flatten(1).mean(1).sqrt().view(-1, 1, 1, 1)
+    return radius * (rms_max / rms.clamp_min(1e-12)).clamp(max=1.0)
+
+
+#: flat_weight: 1 below this 7x7 luminance std (/255), 0 above twice it
+FLAT_STD = 3.0
+
+
+def flat_weight(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] in [0,1]: 1 where ``x`` is flat (7x7 luminance std <= 3/255), falling to 0 at 6/255."""
+    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    y = (x.float() * w).sum(1, keepdim=True)
+    mu = F.avg_pool2d(y, 7, 1, 3, count_include_pad=False)
+    sd = (F.avg_pool2d(y * y, 7, 1, 3, count_include_pad=False) - mu * mu).clamp_min(0).sqrt() * 255.0
+    return (2.0 - sd / FLAT_STD).clamp(0, 1)
+
+
+def _local_mean(d: torch.Tensor) -> torch.Tensor:
+    """The change's local mean: a 5x5 box average per channel (borders: pixels inside only)."""
+    return F.avg_pool2d(d, 5, 1, 2, count_include_pad=False)
+
+
+def _resize_map(m: torch.Tensor | None, size: tuple[int, int], shrink: str) -> torch.Tensor | None:
+    if m is None:
+        return None
+    H, W = m.shape[-2:]
+    if size[0] <= H and size[1] <= W:
+        if shrink == "min":
+            return -F.adaptive_max_pool2d(-m, size)
+        return F.adaptive_avg_pool2d(m, size)
+    return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 
 
 def linf_in_255(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -119,14 +315,16 @@ def quantize(x: torch.Tensor, x_adv: torch.Tensor, budget: Budget) -> torch.Tens
 
     ``x`` may itself be off the 8-bit grid (a float input). For linf every pixel is rounded
     to the nearest level inside ``[x - eps, x + eps]`` (that interval always holds one when
-    eps >= 1/255). For l2 the delta is shrunk until the rounded result fits.
+    eps >= 1/255; for a perceptual budget, each pixel's own radius, where a radius under
+    1/255 may leave the pixel as it was). For l2 the delta is shrunk until the rounded result fits.
     The result is on the 8-bit grid, so saving it as 8-bit changes nothing.
     """
     x = x.float()
     x_adv = x_adv.float()
     if budget.norm == "linf":
-        lo = torch.ceil(((x - budget.radius) * 255.0 - 1e-4).clamp(0, 255))
-        hi = torch.floor(((x + budget.radius) * 255.0 + 1e-4).clamp(0, 255))
+        r = budget._radius_like(x)
+        lo = torch.ceil(((x - r) * 255.0 - 1e-4).clamp(0, 255))
+        hi = torch.floor(((x + r) * 255.0 + 1e-4).clamp(0, 255))
         q = torch.round(x_adv * 255.0)
         q = torch.maximum(torch.minimum(q, hi), lo)
         # an interval with no level in it (eps < 1/255 and x off-grid): nearest level to x
@@ -183,17 +381,21 @@ def finalize(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: torch.T
         return _finalize_whole(x, delta, budget, mask)
     out = torch.empty((B, 3, H, W), dtype=torch.uint8, device=x.device)
     achieved = torch.zeros(B, device=dev)
+    budget = budget.resized((H, W))
     for r0 in range(0, H, band_rows):
         r1 = min(H, r0 + band_rows)
         xb = x[:, :, r0:r1].to(dev, torch.float32)
+        bb = budget.rows(r0, r1).to(dev)
         d = _rows_upsampled(delta.float(), r0, r1, H, W)
         mb = mask[:, :, r0:r1].to(dev) if mask is not None else None
         if mb is not None:
             d = d * mb
-        q = quantize(xb, (xb + budget.project(d)).clamp(0, 1), budget)
+        q = quantize(xb, (xb + bb.project(d)).clamp(0, 1), bb)
         if mb is not None:  # rounding must not touch pixels outside the mask
-            q = torch.where(mb.expand_as(q) > 0, q, quantize(xb, xb, budget))
-        achieved = torch.maximum(achieved, budget.measure(q - xb))
+            q = torch.where(mb.expand_as(q) > 0, q, quantize(xb, xb, bb))
+        if not bb.holds(q - xb, tol=1e-3):
+            raise RuntimeError("internal error: the perceptual budget's map was exceeded after quantisation")
+        achieved = torch.maximum(achieved, bb.measure(q - xb))
         out[:, :, r0:r1] = (q * 255.0).round_().to(torch.uint8).to(x.device)
     return out, achieved
 

@@ -59,9 +59,28 @@ class Report:
     protected: list[Job] = field(default_factory=list)
     skipped: list[Job] = field(default_factory=list)
     failed: list[Job] = field(default_factory=list)
+    #: protected, but the protection check judged the person still recognisable
+    recognisable: list[Job] = field(default_factory=list)
+    #: the flag that would help those (see :func:`stronger_hint`)
+    hint: str = ""
 
     def summary(self) -> str:
-        return f"imguard: {len(self.protected)} protected, {len(self.skipped)} skipped, {len(self.failed)} failed"
+        text = f"imguard: {len(self.protected)} protected"
+        if self.recognisable:
+            n = len(self.recognisable)
+            text += (f" ({n} still recognisable by the check: written, but the protection is weak on "
+                     f"{'it' if n == 1 else 'them'}; {self.hint or 'try --strength high'})")
+        return text + f", {len(self.skipped)} skipped, {len(self.failed)} failed"
+
+
+def stronger_hint(settings: dict) -> str:
+    """The flag that makes a protection stronger than the one run with ``settings``."""
+    strength = settings.get("strength")
+    if strength == "low":
+        return "run again with --strength medium or --strength high (and --overwrite)"
+    if strength == "high":
+        return "run again with more --steps (e.g. --steps 400) or a larger --eps (more visible), and --overwrite"
+    return "run again with --strength high (and --overwrite)"
 
 
 def one_line(text: Any) -> str:
@@ -77,6 +96,17 @@ def file_sha256(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def batches(items: list, key: Callable[[Any], Any], size: int) -> list[list]:
+    """Consecutive runs of items with the same key, at most ``size`` long."""
+    out: list[list] = []
+    for item in items:
+        if out and len(out[-1]) < size and key(out[-1][0]) == key(item):
+            out[-1].append(item)
+        else:
+            out.append([item])
+    return out
 
 
 class Manifest:
@@ -104,14 +134,32 @@ class Manifest:
         return {(self.out_dir / rel).resolve() for rel in self.records}
 
     def append(self, record: dict) -> None:
-        line = json.dumps(record, sort_keys=True, ensure_ascii=False)
+        self.extend([record])
+
+    def extend(self, records: list[dict]) -> None:
+        """Append records as lines, with one fsync for all of them."""
+        if not records:
+            return
+        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in records)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         needs_newline = self.path.exists() and self.path.stat().st_size > 0 and not _ends_with_newline(self.path)
         with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(("\n" if needs_newline else "") + line + "\n")
+            fh.write(("\n" if needs_newline else "") + text)
             fh.flush()
             os.fsync(fh.fileno())
-        self.records[record["output"]] = record
+        for r in records:
+            self.records[r["output"]] = r
+
+
+class RecordList:
+    """Collects the records a :class:`Runner` would append to a :class:`Manifest` (a worker of
+    :mod:`imguard.distributed` hands them to the one process that writes the manifest)."""
+
+    def __init__(self) -> None:
+        self.items: list[dict] = []
+
+    def append(self, record: dict) -> None:
+        self.items.append(record)
 
 
 def _ends_with_newline(path: Path) -> bool:
@@ -226,6 +274,8 @@ def hint_for(e: BaseException) -> str:
     from .models import NoFaceError
 
     if isinstance(e, ImageReadError):
+        if "not a readable image" in str(e):
+            return "; check that it is an image file (PNG, JPEG, WebP, TIFF, BMP), or leave it out"
         return ""  # its message says it
     if isinstance(e, NoFaceError):
         return "; use a photo with a visible face, or drop --require-face"
@@ -251,11 +301,15 @@ class Runner:
         self.sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
 
     # -- bookkeeping
-    def _record(self, job: Job, status: str, **extra: Any) -> None:
-        self.manifest.append({
+    def record(self, job: Job, status: str, **extra: Any) -> dict:
+        """A manifest record of ``job`` (not yet written)."""
+        return {
             "input": str(job.src), "input_sha256": job.sha256, "output": job.rel, "status": status,
             "settings": self.settings, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **extra,
-        })
+        }
+
+    def _record(self, job: Job, status: str, **extra: Any) -> None:
+        self.manifest.append(self.record(job, status, **extra))
 
     def fail(self, job: Job, e: BaseException | str, record: bool = True) -> None:
         if isinstance(e, BaseException):
@@ -282,8 +336,17 @@ class Runner:
 
     # -- work
     def run(self, jobs: list[Job]) -> Report:
-        from .cli import _batches  # the one grouping helper
+        for batch in self.units(jobs):
+            if self.stop:
+                break
+            self.run_unit(batch)
+        return self.report
 
+    def units(self, jobs: list[Job]) -> list[list[Job]]:
+        """The batches to protect: skipped and planned failures reported, every file's size read
+        from its header (no decoding; unreadable files fail here), consecutive files of the same
+        size grouped, at most ``batch_size`` to a batch. Protecting the same batches with the same
+        settings gives the same results wherever they run."""
         todo = []
         for job in jobs:
             if self.stop:
@@ -302,11 +365,7 @@ class Runner:
                 sized.append((job, _header_size(job.src, self.opts.max_pixels)))
             except ImageReadError as e:
                 self.fail(job, e)
-        for batch in _batches(sized, lambda it: it[1], max(1, self.opts.batch_size)):
-            if self.stop:
-                break
-            self._batch([job for job, _ in batch])
-        return self.report
+        return [[job for job, _ in b] for b in batches(sized, lambda it: it[1], max(1, self.opts.batch_size))]
 
     def _load(self, job: Job, as_tensor: bool):
         """(image, float tensor or None, its ImageInfo or None): the tensor only for a batch of
@@ -321,7 +380,8 @@ class Runner:
         x, info = to_tensor(img, name=str(job.src), max_pixels=self.opts.max_pixels)
         return img, x, info
 
-    def _batch(self, batch: list[Job]) -> None:
+    def run_unit(self, batch: list[Job]) -> None:
+        """Protect one batch of :meth:`units` (one file at a time if the batch fails)."""
         import torch
 
         loaded = []
@@ -392,11 +452,19 @@ class Runner:
             return
         check = res.check[k].line() if getattr(res, "check", None) and k < len(res.check) and res.check[k] else None
         achieved = float(res.achieved[k])
-        self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check)
+        seen = res.visibility[k] if getattr(res, "visibility", None) and k < len(res.visibility) else None
+        self._record(job, "done", achieved=achieved, eps=float(res.eps), check=check,
+                     visibility=seen.as_dict() if seen is not None else None)
         self.report.protected.append(job)
+        verdict = res.check[k] if check else None
+        if verdict is not None and getattr(verdict, "identity_lost", True) is False and getattr(verdict, "similarity", None) is not None:
+            self.report.recognisable.append(job)
+            self.report.hint = stronger_hint(self.settings)
         if not self.opts.quiet:
             self.write(f"{job.src} -> {job.dst}  (max |delta| {achieved:.2f}/255 of eps {res.eps:g}; "
-                       f"{res.method}, {res.steps} steps, {res.seconds / n:.1f}s/image)")
+                       f"{res.method}, {res.steps} step{'' if res.steps == 1 else 's'}, {res.seconds / n:.1f}s/image)")
+            if seen is not None:
+                self.write(f"  {seen.line()}")
             if check:
                 self.write(f"  {check}")
         if self.sleep:

@@ -17,23 +17,13 @@ diffusion-based editors (InstructPix2Pix and the like) fail to edit them, or no 
 the same person. Protect your photos before you post them.
 
 examples:
+  imguard protect --example -o out          # the bundled sample portrait (public domain)
   imguard protect me.jpg -o protected/
   imguard protect photos/ -o protected/ --method photoguard --eps 8
   imguard protect face.png -o out --face-model sface --vae taesd:/path/to/taef2   # offline
   imguard methods
   imguard eval --originals photos/ --protected protected/ -o report/ --face-model dlib --vae taesd:/path/to/taef2 --attacked-face-model sface
 """
-
-
-def _batches(items: list, key, size: int) -> list[list]:
-    """Consecutive runs of items with the same key, at most ``size`` long."""
-    out: list[list] = []
-    for item in items:
-        if out and len(out[-1]) < size and key(out[-1][0]) == key(item):
-            out[-1].append(item)
-        else:
-            out.append([item])
-    return out
 
 
 def _positive_int(text: str) -> int:
@@ -65,7 +55,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         working_size = None if args.working_size == 0 else args.working_size
         _check_working_size(working_size)
         options: dict = {}
-        for key in ("step_size", "norm"):
+        for key in ("step_size", "norm", "budget", "jnd_scale"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         if args.eot:
@@ -75,6 +65,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
             options["require_face"] = True
         preset_opts = dict(preset.options) if preset and preset.method == method else {}
         opts = get_method(method).options(**{**preset_opts, **options, "eps": args.eps, "steps": args.steps})
+        args.resolved_steps = int(opts["steps"])
         Budget(opts["eps"], opts["norm"])
         if args.eot:
             from .transforms import get_eot
@@ -94,14 +85,108 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     return settings, kwargs
 
 
-def _make_protector(args: argparse.Namespace, settings: dict):
-    """The Protector of a ``protect`` command (tests replace this with a fast one)."""
+#: output formats: all lossless, so the perturbation is written exactly as computed
+FORMATS = ("png", "webp", "bmp", "tiff")
+_LOSSY = {"jpeg", "jpg", "jpe", "heic", "heif", "avif", "gif"}
+LOSSY_REASON = (
+    "JPEG (and other lossy formats) re-encode every pixel: the encoding error is larger than the "
+    "protection's budget and weakens it, so imguard writes lossless files only (png, webp, bmp, tiff); "
+    "if you must post a JPEG, convert the protected PNG at a high quality (docs/bulk.md measures what it costs)"
+)
+
+
+def _format(text: str) -> str:
+    v = text.strip().lower()
+    if v in _LOSSY:
+        raise argparse.ArgumentTypeError(f"{text!r} is not supported: {LOSSY_REASON}")
+    if v not in FORMATS:
+        raise argparse.ArgumentTypeError(f"invalid format {text!r}; choose one of {', '.join(FORMATS)}")
+    return v
+
+
+def _check_device(device: str | None) -> None:
+    """``--device cuda`` on a machine without CUDA: a usage error with the flag to type."""
+    if device is None or not str(device).startswith("cuda"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        from .bulk import UsageError
+
+        raise UsageError(f"--device {device}: CUDA is not available on this machine; use --device cpu "
+                         "(or leave --device out: the GPU is used when there is one)")
+
+
+def _check_output_name(output: str, n_inputs: int) -> None:
+    """``-o me-protected.jpg`` names a file, but -o is a folder: refused before any work."""
+    from .bulk import UsageError
+    from .io import IMAGE_SUFFIXES
+
+    out = Path(output)
+    if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
+        raise UsageError(f"-o {output} looks like a file name, but -o is the output folder (each input is written "
+                         f"into it as NAME.png); use e.g. -o {out.with_suffix('') if out.stem else 'protected'}/ "
+                         f"and find the result{'s' if n_inputs != 1 else ''} inside")
+
+
+def _human_time(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _estimate(protector, jobs: list, kwargs: dict, steps: int, max_pixels: int | None) -> str | None:
+    """A measured estimate before the work: the first image, 3 steps (no check), timed."""
+    import time
+
+    from .io import read_image
+
+    from .api import Protector
+
+    todo = [j for j in jobs if j.action == "todo"]
+    if not todo or not isinstance(protector, Protector):  # a stand-in (tests) has no time to measure
+        return None
+    try:
+        img = read_image(todo[0].src, max_pixels=max_pixels)
+    except Exception:  # noqa: BLE001 - the run reports this file's problem itself
+        return None
+    warm = min(3, steps)
+    marks: list[float] = []
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            protector.protect(img, **{**kwargs, "steps": warm}, callback=lambda i, n, loss: marks.append(time.perf_counter()))
+    except Exception:  # noqa: BLE001 - the run reports it, per file
+        return None
+    total = time.perf_counter() - t0
+    per_step = (marks[-1] - marks[0]) / (len(marks) - 1) if len(marks) > 1 else total / max(1, len(marks))
+    setup = max(0.0, total - per_step * len(marks))
+    per_image = setup + per_step * steps
+    return (f"imguard: estimate: about {_human_time(per_image)} per image ({steps} step{'s' if steps != 1 else ''} at "
+            f"{per_step:.2f} s/step, measured on {todo[0].src.name}; the check adds a little), about "
+            f"{_human_time(per_image * len(todo))} for {len(todo)} image{'s' if len(todo) != 1 else ''}; slower when "
+            "other programs use the CPU")
+
+
+def _protector_factory(args: argparse.Namespace, settings: dict):
+    """A picklable callable that builds the Protector of a ``protect`` command (``--ray``
+    workers each call it once; tests replace it with a fast one)."""
+    import functools
+
     from . import Protector
 
-    return Protector(
-        args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
+    return functools.partial(
+        Protector, args.method, strength=args.strength, device=args.device, vae=args.vae, face_model=args.face_model,
         features=args.features, working_size=settings["working_size"], max_pixels=args.max_pixels,
     )
+
+
+def _make_protector(args: argparse.Namespace, settings: dict):
+    """The Protector of a ``protect`` command (tests replace this with a fast one)."""
+    return _protector_factory(args, settings)()
 
 
 def _models_line(protector, settings: dict) -> str:
@@ -123,12 +208,38 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     from .bulk import FatalError, Manifest, RunOptions, Runner, UsageError, check_output_dir, expand_inputs, plan
     from .models import ModelLoadError
 
+    _check_ray_args(args)
+    if args.example:
+        from .samples import EXAMPLE
+
+        args.inputs = [*args.inputs, str(EXAMPLE)]
+    if not args.inputs:
+        raise UsageError("nothing to protect: give image files or folders, or --example for the bundled sample portrait")
+    _check_output_name(args.output, len(args.inputs))
+    _check_device(args.device)
     settings, kwargs = _settings(args)
     out_dir = check_output_dir(args.output)
     manifest = Manifest(out_dir)
     exclude = manifest.output_paths() | {manifest.path.resolve()}
     inputs = expand_inputs(args.inputs, args.recursive, exclude)
+    if not args.recursive:
+        for item in args.inputs:
+            p = Path(item)
+            subs = sorted(q.name for q in p.iterdir() if q.is_dir() and not q.name.startswith(".")
+                          and q.resolve() != out_dir.resolve()) if p.is_dir() else []
+            if subs:
+                shown = ", ".join(subs[:3]) + (", ..." if len(subs) > 3 else "")
+                warnings.warn(f"imguard: {p} has subfolders ({shown}) that are not protected without -r; "
+                              "add -r to protect them too", stacklevel=2)
     jobs = plan(inputs, out_dir, args.format, settings, manifest, args.overwrite)
+    opts = RunOptions(batch_size=args.batch_size, fail_fast=args.fail_fast, quiet=args.quiet,
+                      max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
+    if args.ray is not None:
+        from . import distributed
+
+        report = distributed.run(jobs, _protector_factory(args, settings), manifest, settings, opts,
+                                 address=None if args.ray == "local" else args.ray, workers=args.workers, device=args.device)
+        return _protect_summary(report, args)
     try:
         protector = _make_protector(args, settings)
     except (ValueError, TypeError) as e:
@@ -136,16 +247,45 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     if hasattr(protector, "load_models"):  # every model problem, together, before any work
         try:
             protector.load_models()
-        except ModelLoadError as e:
-            raise FatalError(str(e)) from e
+        except (ModelLoadError, ValueError) as e:  # nothing was done: fix the command (a flag, or fetch the model)
+            raise UsageError(str(e)) from e
     if not args.quiet:
         print(_models_line(protector, settings), flush=True)
-    opts = RunOptions(batch_size=args.batch_size, fail_fast=args.fail_fast, quiet=args.quiet,
-                      max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
+        line = _estimate(protector, jobs, kwargs, getattr(args, "resolved_steps", 0) or 1, args.max_pixels)
+        if line:
+            print(line, flush=True)
     report = Runner(protector, manifest, settings, opts).run(jobs)
+    return _protect_summary(report, args)
+
+
+def _check_ray_args(args: argparse.Namespace) -> None:
+    from .bulk import UsageError
+
+    if args.workers is not None and args.ray is None:
+        raise UsageError("--workers is the number of Ray workers: use it with --ray")
+    if args.ray is None:
+        return
+    if not _looks_like_ray_address(args.ray):
+        raise UsageError(f"--ray got {args.ray!r}, which is not a Ray address (local, auto, HOST:PORT or ray://HOST:PORT); "
+                         "write --ray after the inputs, or --ray=ADDRESS")
+    from .distributed import require_ray
+
+    try:
+        require_ray()
+    except ImportError as e:
+        raise UsageError(str(e)) from e
+
+
+def _looks_like_ray_address(text: str) -> bool:
+    import re
+
+    return text in ("local", "auto") or "://" in text or re.fullmatch(r"[\w.\-]+:\d+", text) is not None
+
+
+def _protect_summary(report, args: argparse.Namespace) -> int:
     print(report.summary(), flush=True)
-    for job in report.failed:
-        print(f"  failed: {job.src}: {job.reason}", file=sys.stderr, flush=True)
+    if report.failed:  # each failure was reported once, with its reason, as it happened
+        print(f"imguard: failed (see above): {', '.join(str(j.src) for j in report.failed)}", file=sys.stderr, flush=True)
     if report.failed and args.fail_fast:
         print("imguard: stopped at the first failure (--fail-fast); run the same command again to go on", file=sys.stderr)
     return 1 if report.failed else 0
@@ -410,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=PROTECT_DESCRIPTION,
     )
-    p.add_argument("inputs", nargs="+", metavar="IN", help="image files or folders of images")
-    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing)")
+    p.add_argument("inputs", nargs="*", metavar="IN", help="image files or folders of images")
+    p.add_argument("--example", action="store_true", help="also protect the bundled sample portrait (NASA, public domain): a first run needs no photo")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing; a folder, not a file name)")
     p.add_argument("-r", "--recursive", action="store_true", help="also protect the images in subfolders (the tree is mirrored under OUT_DIR)")
     p.add_argument("--strength", default=None, choices=["low", "medium", "high"],
                    help="a preset of models, budget, steps and transfer techniques (default: medium when no --method is given)")
@@ -420,6 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps (default: the preset's or method's; more = stronger and slower)")
     p.add_argument("--step-size", type=float, default=None, help="step size in /255 units (default: the method's)")
     p.add_argument("--norm", choices=["linf", "l2"], default=None, help="budget norm (default linf; l2 bounds the RMS change)")
+    p.add_argument("--budget", choices=["jnd", "linf"], default=None,
+                   help="jnd: invisible, each pixel changes at most by what its neighbourhood hides (a just-noticeable-difference "
+                        "map under --eps; the presets' default); linf: every pixel may change by --eps (stronger, visible "
+                        "patterns at the presets' eps; a method named alone uses it)")
+    p.add_argument("--jnd-scale", type=float, default=None, help="with --budget jnd: multiply the perceptual map (default 1; above 1.2 the change starts to show)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")
@@ -431,11 +577,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grad-repeats", type=_positive_int, default=2, help="with --eot: random transformations averaged per step (default 2)")
     p.add_argument("--batch-size", type=_positive_int, default=1, help="images of the same size optimised together (faster on a GPU; default 1)")
     p.add_argument("--require-face", action="store_true", help="fail when no face is found instead of falling back to a centre crop")
-    p.add_argument("--format", default="png", choices=["png", "webp", "bmp", "tiff"], help="output format (default png; all lossless so the protection survives)")
+    p.add_argument("--format", default="png", type=_format, metavar="{png,webp,bmp,tiff}", help="output format (default png; all lossless so the protection survives; JPEG is refused, see docs/bulk.md)")
     p.add_argument("--max-pixels", type=_positive_int, default=DEFAULT_MAX_PIXELS,
                    help=f"refuse images larger than this many pixels (default {DEFAULT_MAX_PIXELS:,})")
     p.add_argument("--keep-metadata", action="store_true", help="keep the EXIF data except its GPS location (default: all metadata is stripped)")
     p.add_argument("--overwrite", action="store_true", help="redo everything and replace existing files in OUT_DIR (inputs are still never overwritten)")
+    p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="protect on a Ray cluster: a new local one by default, or ADDRESS (auto, ray://HOST:10001); "
+                   "same outputs and manifest as without it; needs pip install \"imguard[ray]\"")
+    p.add_argument("--workers", type=_positive_int, default=None,
+                   help="with --ray: workers, each holding one protector (default: one per GPU of the cluster, else 1)")
     p.add_argument("--fail-fast", action="store_true", help="stop at the first file that fails (default: report it and go on)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines (the summary is still printed)")
     p.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-__all__ = ["CLI_FLAGS", "cli_text", "python_option"]
+__all__ = ["CLI_FLAGS", "cli_text", "python_option", "install_warning_format"]
 
 #: Python option name -> the command line's flag for it.
 CLI_FLAGS: dict[str, str] = {
@@ -25,6 +25,8 @@ CLI_FLAGS: dict[str, str] = {
     "steps": "--steps",
     "step_size": "--step-size",
     "norm": "--norm",
+    "budget": "--budget",
+    "jnd_scale": "--jnd-scale",
     "strength": "--strength",
     "method": "--method",
     "eot": "--eot",
@@ -70,3 +72,23 @@ def cli_text(text: str) -> str:
     A message may spell both forms, ``editor='/p' (CLI: --editor /p)``, for API users who also
     use the command line; on the command line only the flag is left."""
     return _PATTERN.sub(_flag, _CLI_ASIDE.sub("", str(text)))
+
+
+def install_warning_format() -> None:
+    """imguard's own warnings (messages starting ``imguard:``) print as one line,
+    ``imguard: warning: ...``, without Python's category and source line; every other
+    warning keeps the format it had."""
+    import warnings
+
+    previous = warnings.formatwarning
+    if getattr(previous, "_imguard", False):
+        return
+
+    def formatwarning(message, category, filename, lineno, line=None):
+        text = str(message)
+        if text.startswith("imguard:"):
+            return "imguard: warning:" + text[len("imguard:"):] + "\n"
+        return previous(message, category, filename, lineno, line)
+
+    formatwarning._imguard = True  # type: ignore[attr-defined]
+    warnings.formatwarning = formatwarning

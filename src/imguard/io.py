@@ -277,6 +277,13 @@ def _grey_high_bit(im, label) -> np.ndarray:
         raise ImageReadError(f"{name} has negative pixel values ({g.min():g}); only non-negative integer images are supported")
     if g.size and g.max() > scale:
         raise ImageReadError(f"{name} has values up to {g.max():g}, above its declared full scale {scale:g}")
+    if g.size and 0 < g.max() * 255 < scale:  # e.g. 0..255000 in a 32-bit TIFF: reads as black
+        import warnings
+
+        warnings.warn(f"imguard: {name} uses only values up to {g.max():g} of its declared full scale {scale:g} "
+                      f"({8 * np.dtype(np.uint32).itemsize if scale > 65535 else 16}-bit): it reads as almost black "
+                      "(brightest pixel below 1/255 of white) and is protected as such; if its values mean another "
+                      "scale, convert it to 8 or 16 bit first", stacklevel=2)
     return (g / scale).astype(np.float32)
 
 

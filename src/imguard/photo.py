@@ -48,6 +48,8 @@ def face_regions(x: torch.Tensor, detector: Any, region_scale: float = REGION_SC
     """Regions around every face of one photo [1,3,H,W], largest first, non-overlapping."""
     H, W = x.shape[-2:]
     s = min(1.0, DETECT_LONG_SIDE / max(H, W))
+    if min(H, W) * s < 32:  # a strip (e.g. 4000x1): no face region of 32 px fits
+        return []
     small = F.interpolate(x, scale_factor=s, mode="bilinear", antialias=True, align_corners=False) if s < 1 else x
     faces = detector.detect_all(small, min_score=min_score)[0]
     out: list[FaceRegion] = []

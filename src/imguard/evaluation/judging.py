@@ -83,10 +83,15 @@ class _Judges:
 
 
 def _imperceptibility(x0: torch.Tensor, xp: torch.Tensor, judges: _Judges) -> dict:
+    from ..visibility import flat_region_change
+
+    flat, share = flat_region_change(x0, xp)
     return {
         "linf_255": float(M.linf_in_255(xp, x0)[0]),
         "psnr": float(M.psnr(xp, x0)[0]),
         "ssim": float(M.ssim(xp, x0)[0]),
+        "flat_255": float(flat[0]),
+        "flat_share": float(share[0]),
         "lpips": float(judges.lpips(xp, x0)[0]) if judges.lpips else None,
     }
 

@@ -31,7 +31,8 @@ CONDITION_METRICS = (
     ("clip_i_clean_edit", "CLIP-I clean edit"),
     ("clip_i_protected_edit", "CLIP-I protected edit"),
 )
-IMPERCEPTIBILITY_METRICS = (("linf_255", "max abs delta (/255)"), ("psnr", "PSNR"), ("ssim", "SSIM"), ("lpips", "LPIPS"))
+IMPERCEPTIBILITY_METRICS = (("linf_255", "max abs delta (/255)"), ("psnr", "PSNR"), ("ssim", "SSIM"),
+                            ("flat_255", "flat-region change (/255)"), ("lpips", "LPIPS"))
 
 
 def stats(values: Iterable[Any]) -> dict:

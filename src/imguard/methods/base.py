@@ -15,12 +15,20 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every",
+    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "gate",
 )
 
 #: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
 COMMON_DEFAULTS = {
     "norm": "linf",
+    # "linf": eps is the only cap (the papers' budget); "jnd": a per-pixel perceptual map under
+    # eps, jnd_scale times the just-noticeable difference (see imguard.budget). The strength
+    # presets use "jnd"; a method named on its own keeps its paper's plain cap.
+    "budget": "linf",
+    "jnd_scale": 1.0,
+    # gate=True: a result that fails the visibility gate (imguard.visibility.GATE) has its
+    # perturbation scaled down until it passes (the presets set it)
+    "gate": False,
     "schedule": "constant",
     "optimizer": "sign",
     "random_start": True,

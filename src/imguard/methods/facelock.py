@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import FaceEmbedder, autoencoders_of, find_faces
+from ..models.features import spatial_mean
 from .base import Method, per_sample_mse, register, resize_like
 from .encoder_attacks import FACELOCK_BUDGET
 
@@ -62,6 +63,8 @@ class FaceContext:
     feat_clean: Any = None  #: the features of the clean image, when the feature distance can split them off
     emb_decoy: list | None = None
     box: torch.Tensor | None = None
+    #: [B,1,H,W] spatial weight of the feature and latent terms (region="face"), None: the whole image
+    region_weight: torch.Tensor | None = None
     opts: dict = field(default_factory=dict)
 
     def cos_to_clean(self, img: torch.Tensor) -> torch.Tensor:
@@ -69,9 +72,11 @@ class FaceContext:
 
     def feature_distance(self, recon: torch.Tensor) -> torch.Tensor:
         """F(recon, x): from the clean side's features computed once, where they could be."""
+        w = self.region_weight
         if self.feat_clean is not None:
-            return self.features.from_targets(recon, self.feat_clean).float()
-        return self.features(recon, self.x).float()
+            return (self.features.from_targets(recon, self.feat_clean) if w is None
+                    else self.features.from_targets(recon, self.feat_clean, w)).float()
+        return (self.features(recon, self.x) if w is None else self.features(recon, self.x, w)).float()
 
     def round_trips(self, x_adv: torch.Tensor, step: int, decode: bool = True):
         """(member index, latent, reconstruction) for the autoencoders this step uses; the
@@ -136,8 +141,31 @@ def _with_autoencoders(ctx: FaceContext, models) -> FaceContext:
     return ctx
 
 
+#: region="face": the feature and latent terms count inside the face box widened by this factor
+FACE_REGION_SCALE = 1.3
+REGIONS = ("image", "face")
+
+
+def _face_weight(faces, x: torch.Tensor, scale: float = FACE_REGION_SCALE) -> torch.Tensor:
+    """[B,1,H,W]: 1 inside each face box widened ``scale`` times about its centre, 0 outside."""
+    B, _, H, W = x.shape
+    w = torch.zeros(B, 1, H, W, device=x.device)
+    for i, f in enumerate(faces):
+        x0, y0, x1, y1 = [float(v) for v in f.box]
+        cx, cy, hw, hh = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) * scale / 2, (y1 - y0) * scale / 2
+        r0, r1 = max(int(round(cy - hh)), 0), min(int(round(cy + hh)), H)
+        c0, c1 = max(int(round(cx - hw)), 0), min(int(round(cx + hw)), W)
+        w[i, :, r0:r1, c0:c1] = 1.0
+    return w
+
+
 def _facelock_prepare(x, models, opts):
     ctx = _with_autoencoders(_face_context(x, models, opts), models)
+    region = opts.get("region", "image")
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; valid: {', '.join(REGIONS)}")
+    if region == "face":
+        ctx.region_weight = _face_weight(ctx.faces, x)
     if float(opts["lambda_fe"]) != 0:
         ctx.features = models.features
         if opts.get("cache", True) and hasattr(ctx.features, "targets"):
@@ -163,7 +191,8 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
     # before the FR and feature terms switch on, the decoder's output is not used: skip it
     decode = fr_on or fe_on or not o.get("cache", True)
     for k, z, recon in ctx.round_trips(x_adv, step, decode=decode):
-        loss = float(o["lambda_l"]) * per_sample_mse(z, ctx.z_clean[k])
+        loss = float(o["lambda_l"]) * (per_sample_mse(z, ctx.z_clean[k]) if ctx.region_weight is None
+                                        else spatial_mean((z.float() - ctx.z_clean[k].float()) ** 2, ctx.region_weight))
         if fr_on:
             loss = loss - float(o["lambda_fr"]) * ctx.cos_to_clean(recon)
             if ctx.emb_decoy is not None:
@@ -197,6 +226,10 @@ register(Method(
         "lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2,
         "fr_start": 0.35, "fe_start": 0.25, "require_face": False,
         "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle", "lambda_direct": 0.0,
+        # "image": the feature distance and the latent push over the whole photo (the paper's);
+        # "face": inside the widened face box only (the presets': over the whole photo their
+        # gradients lie almost all in the background, where they paint swirls; docs/evaluation.md)
+        "region": "image",
     },
     needs=("autoencoder", "face", "features"),
     fooled=_facelock_fooled,

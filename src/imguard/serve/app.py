@@ -277,6 +277,7 @@ class Worker:
                 "objective": [res.initial_objective[0], res.final_objective[0]],
                 "summary": res.summary(),
                 "check": [{**c.as_dict(), "line": c.line()} for c in checks],
+                "visibility": res.visibility[0].as_dict() if res.visibility else None,
             })
 
 

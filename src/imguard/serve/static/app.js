@@ -106,6 +106,14 @@ function headline(r) {
   return `<div class="headline bad">Not protected enough: the person is still recognisable after an AI edit. Try a higher strength or more steps.</div>`;
 }
 
+function seen(r) {
+  const v = r.visibility;
+  if (!v) return "";
+  const words = v.invisible ? "The change is too small to see (measured: it passes imguard's visibility test)."
+    : "The change may be visible on smooth areas (it does not pass imguard's visibility test).";
+  return `<div class="muted visibility">${words}</div>`;
+}
+
 function details(r) {
   const sim = (c) => c.similarity === null ? "no face found" : `similarity ${c.similarity.toFixed(2)} (same person above ${c.threshold.toFixed(2)})`;
   const checks = r.check.map((c) => `<li>check by ${esc(c.judge)}${c.judge_attacked ? " (a model the protection attacked)" : ""} after a ${esc(c.autoencoder)} round trip: ${sim(c)}</li>`).join("");
@@ -113,6 +121,7 @@ function details(r) {
     <li>${r.width}x${r.height} pixels, ${esc(r.method)}${r.strength ? " (" + esc(r.strength) + ")" : ""}, ${r.steps} steps in ${r.seconds} s</li>
     <li>largest change of a pixel: <span class="achieved">${r.achieved.toFixed(2)}</span>/255 (the limit is ${r.eps}/255)</li>
     <li>objective ${r.objective[0].toFixed(4)} &rarr; ${r.objective[1].toFixed(4)} (higher = stronger)</li>
+    ${r.visibility ? `<li>visibility: PSNR ${r.visibility.psnr === null ? "&infin;" : r.visibility.psnr.toFixed(1)} dB, SSIM ${r.visibility.ssim.toFixed(3)}, change on smooth areas ${r.visibility.flat.toFixed(2)}/255 (invisible: at most 1.0/255, PSNR at least 36 dB, SSIM at least 0.95)</li>` : ""}
     ${checks}</ul></details>`;
 }
 
@@ -129,6 +138,7 @@ function drawResults(j) {
     html += `<div class="card result" data-index="${i}">
       <strong>${esc(r.name)}</strong>
       ${headline(r)}
+      ${seen(r)}
       <div class="imgs">
         <figure><img alt="before" src="${urls[i] || r.original}"><figcaption>before</figcaption></figure>
         <figure><img alt="after" class="after" src="${r.protected}"><figcaption>after (protected)</figcaption></figure>

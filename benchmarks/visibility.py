@@ -1,0 +1,344 @@
+"""What each point of visibility buys: identity lost vs how visible the protection is.
+
+    python benchmarks/visibility.py --faces ../shared/assets/faces/dev --out bench/visibility \
+        --configs low,medium,high,high@budget=linf --size 256 --seed 0
+
+For every configuration (the names of benchmarks/transfer.py: a preset, METHOD-FACES-VAES,
+NAME@key=value overrides, e.g. ``high@jnd_scale=1.5`` or ``high@budget=linf``) each face is
+protected once (kept under OUT/protected/, so a stopped run resumes), then:
+
+* its **visibility** against the clean face (:mod:`imguard.visibility`: PSNR, SSIM, LPIPS
+  where its weights are cached, the flat-region change) and whether it passes the gate
+  (flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95);
+* whether the identity is **lost** for judges the configuration did not attack, under three
+  conditions: a TAESD round trip (SD 1.x latent space, what InstructPix2Pix sees), JPEG-75
+  then TAESD, and a TAEF2 round trip (an autoencoder not attacked, where the configuration
+  left TAEF2 out; marked '*' where it attacked it). Judges: dlib's full pipeline (its own HOG
+  detector, 5-point shape predictor, Euclidean 0.6; never attacked by imguard) and each
+  offline recognizer the configuration did not attack. A face dlib's detector does not find
+  in the clean photo is left out of dlib's count; one it no longer finds after the condition
+  counts as lost.
+
+Writes report.json, report.md (the table) and curve.png (identity lost by dlib after TAESD vs
+the flat-region change and PSNR, one point per configuration).
+
+    python benchmarks/visibility.py --explain ../shared/assets/faces/dev/sample1/0051_01.png
+
+prints, for each term of FaceLock's objective (``high``'s models), the share of its low-passed
+gradient energy that falls outside the face box: where each term would paint.
+
+    python benchmarks/visibility.py --saturated 512 1.4 ../shared/assets/faces/wild ../shared/assets/faces/dev
+
+the worst case of the perceptual budget at that size and ``jnd_scale``: every pixel changed by
+its whole radius (see :func:`saturated`), per face, against the gate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import imguard  # noqa: E402
+from imguard.io import read_image, save_image, to_tensor, to_uint8_hwc  # noqa: E402
+from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_face_recognizer  # noqa: E402
+from imguard.models.dlib_face import DlibPipeline  # noqa: E402
+from imguard.transforms import get_purification  # noqa: E402
+from imguard.visibility import GATE, measure  # noqa: E402
+from transfer import attacked_names, kept_dir, load_faces, parse_config  # noqa: E402
+
+CONDITIONS = ("taesd", "jpeg75->taesd", "taef2")
+OFFLINE_JUDGES = ("sface", "facenet", "mobilefacenet", "faceres")
+
+
+def protect_all(cfg: dict, x: torch.Tensor, stems: list[str], keep: Path, size: int, seed: int, steps, dev) -> tuple[torch.Tensor, list[float]]:
+    """Each face protected once (kept as PNG + seconds); a rerun reuses what was kept."""
+    keep.mkdir(parents=True, exist_ok=True)
+    p = None
+    outs, secs = [], []
+    for i, stem in enumerate(stems):
+        png, meta = keep / f"{stem}.png", keep / f"{stem}.json"
+        if png.exists() and meta.exists():
+            outs.append(to_tensor(read_image(png))[0])
+            secs.append(json.loads(meta.read_text())["seconds"])
+            continue
+        if p is None:
+            p = imguard.Protector(cfg["method"], strength=cfg["strength"], device=dev, vae=cfg["vae"],
+                                  face_model=cfg["face_model"], working_size=size, check=False)
+        opts = dict(cfg["options"], **({"steps": steps} if steps else {}))
+        t0 = time.perf_counter()
+        res = p.protect(x[i : i + 1], seed=seed, return_result=True, names=[stem], **opts)
+        secs.append(time.perf_counter() - t0)
+        outs.append(res.image)
+        save_image(Image.fromarray(to_uint8_hwc(res.image[0])), png, overwrite=True)
+        meta.write_text(json.dumps({"seconds": round(secs[-1], 2), "options": dict(res.options)}, default=str))
+        print(f"[{cfg['label']}] {stem}: {secs[-1]:.0f} s; {res.visibility[0].line()}", flush=True)
+    return torch.cat(outs), secs
+
+
+def explain(face: Path, size: int = 256, region: str = "image") -> dict[str, float]:
+    """Share of each FaceLock term's low-passed gradient energy (Gaussian sigma 3) outside the
+    face box, on ``face`` at ``size`` px with ``high``'s models (the image's own share of
+    background is returned as ``"background area"``)."""
+    from kornia.filters import gaussian_blur2d
+
+    from imguard.engine import diverse_input
+    from imguard.methods import ENGINE_OPTIONS, get_method
+    from imguard.methods.facelock import _face_weight
+    from imguard.presets import PRESETS
+
+    x = torch.nn.functional.interpolate(to_tensor(read_image(face))[0], size=(size, size), mode="bilinear", antialias=True)
+    p = imguard.Protector(strength="high", working_size=size, check=False)
+    models = p.load_models()
+    m = get_method("facelock")
+    opts = m.options(**{**PRESETS["high"].options, "region": region})
+    prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS} | {"names": None, "cache": True}
+    torch.manual_seed(0)
+    ctx = m.prepare(x, models, prep)
+    outside = 1 - _face_weight(ctx.faces, x, scale=1.0)
+    ae = ctx.autoencoders[0]
+
+    def rt(xi):
+        return ae.decode(ae.encode(xi))
+
+    def share(fn, at=x, diversity=False, draws=6) -> float:
+        g = torch.zeros_like(x)
+        gen = torch.Generator().manual_seed(0)
+        for _ in range(draws if diversity else 1):
+            xa = at.clone().requires_grad_(True)
+            loss = fn(diverse_input(xa, 0.1, gen) if diversity else xa).sum()
+            g += torch.autograd.grad(loss, [xa])[0]
+        e = gaussian_blur2d(g, (9, 9), (3.0, 3.0)).pow(2).sum(1, keepdim=True)
+        return round(float((e * outside).sum() / e.sum()), 3)
+
+    noisy = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 4 / 255).clamp(0, 1)
+    out = {
+        "identity, after the round trip": share(lambda xi: -ctx.cos_to_clean(rt(xi))),
+        "identity, with input diversity": share(lambda xi: -ctx.cos_to_clean(rt(xi)), diversity=True),
+        "identity on the photo itself": share(lambda xi: -ctx.cos_to_clean(xi)),
+        "decoy identity": share(lambda xi: ctx.embedder.similarity(rt(xi), ctx.emb_decoy)),
+        "feature distance": share(lambda xi: ctx.feature_distance(rt(xi))),
+        # the latent push is 0 with a 0 gradient at the clean image: measured at a random start
+        "latent push (at a random start)": share(
+            lambda xi: imguard.models.features.spatial_mean((ae.encode(xi).float() - ctx.z_clean[0].float()) ** 2, ctx.region_weight),
+            at=noisy),
+        "background area": round(float(outside.mean()), 3),
+    }
+    return out
+
+
+def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed: int = 0) -> list[dict]:
+    """The worst a protection under the perceptual budget can look, per face at ``size`` px: a
+    change that fills every pixel's radius (random signs, projected and quantized as the engine
+    does). PSNR can go no lower than this for any optimiser; SSIM and the flat-region change of
+    real runs (whose signs follow gradients) measured better than this on the tuning faces."""
+    from imguard.budget import Budget, quantize
+
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for path in paths:
+        x = torch.nn.functional.interpolate(to_tensor(read_image(path))[0], size=(size, size), mode="bilinear", antialias=True)
+        x = (x * 255).round() / 255
+        b = Budget.perceptual(x, eps, scale)
+        d = b.project(torch.where(torch.rand(x.shape, generator=g) > 0.5, 1.0, -1.0) * eps / 255)
+        v = measure(x, quantize(x, (x + d).clamp(0, 1), b))[0]
+        rows.append({"face": Path(path).stem, **v.as_dict()})
+    return rows
+
+
+def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--saturated"]:  # --saturated SIZE SCALE FILES_OR_FOLDERS...
+        size, scale = int(sys.argv[2]), float(sys.argv[3])
+        paths = [p for a in sys.argv[4:] for p in ([Path(a)] if Path(a).is_file() else sorted(Path(a).glob("**/*.png")))]
+        rows = saturated(paths, size, scale)
+        for r in rows:
+            print(f"{r['face']}: PSNR {r['psnr']:.1f} SSIM {r['ssim']:.3f} flat {r['flat']:.2f}/255 {'ok' if r['invisible'] else 'VISIBLE'}")
+        n = len(rows)
+        print(f"saturated change at {size} px, jnd_scale {scale}: {sum(r['invisible'] for r in rows)}/{n} pass the gate; "
+              f"worst PSNR {min(r['psnr'] for r in rows):.1f}, worst SSIM {min(r['ssim'] for r in rows):.3f}, "
+              f"worst flat {max(r['flat'] for r in rows):.2f}/255; mean PSNR {sum(r['psnr'] for r in rows) / n:.1f}, "
+              f"SSIM {sum(r['ssim'] for r in rows) / n:.3f}, flat {sum(r['flat'] for r in rows) / n:.2f}")
+        return 0
+    if argv is None and sys.argv[1:2] == ["--explain"]:
+        for region in ("image", "face"):
+            print(f"region={region!r}: share of the low-passed gradient energy outside the face box")
+            for k, v in explain(Path(sys.argv[2]), region=region).items():
+                print(f"  {k:34s} {v:.2f}")
+        return 0
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--faces", nargs="+", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--configs", default="low,medium,high,high@budget=linf")
+    ap.add_argument("--size", type=int, default=256, help="faces are resized to SIZE x SIZE (the working size)")
+    ap.add_argument("--steps", type=int, default=None, help="override every configuration's steps")
+    ap.add_argument("--limit", type=int, default=None, help="only the first N faces")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--judges", default=",".join(OFFLINE_JUDGES), help="offline recognizers that judge (when not attacked); dlib's full pipeline always judges")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dev = torch.device(args.device) if args.device else imguard.runtime.resolve_device(None)
+
+    stems, x = load_faces(args.faces, args.size, args.limit)
+    detector = FaceDetector(dev)
+    dlib_full = DlibPipeline()
+    judges = {}
+    for j in args.judges.split(","):
+        try:
+            judges[j] = load_face_recognizer(j, dev)
+        except Exception as e:  # noqa: BLE001 - reported, not fatal
+            print(f"judge {j} unavailable: {e}", file=sys.stderr)
+    aes = {a: load_autoencoder(a, dev) for a in ("taesd", "taef2")}
+
+    def conditions(img: torch.Tensor) -> dict[str, torch.Tensor]:
+        def rt(a, y):
+            with torch.no_grad():
+                return aes[a].decode(aes[a].encode(y.to(dev))).clamp(0, 1).cpu()
+        return {"taesd": rt("taesd", img), "jpeg75->taesd": rt("taesd", get_purification("jpeg75")(img)), "taef2": rt("taef2", img)}
+
+    @torch.no_grad()
+    def embeddings(img: torch.Tensor) -> dict:
+        out = {"dlib-full": dlib_full.descriptors(img)}
+        dets = detector.detect(img.to(dev))
+        for j, rec in judges.items():
+            out[j] = [None if d is None else FaceEmbedder(rec, [d]).embed_all(img[i : i + 1].to(dev))[0][0].float().cpu()
+                      for i, d in enumerate(dets)]
+        return out
+
+    refs = embeddings(x)
+
+    def lost(j: str, ref, e) -> bool | None:
+        if ref is None:
+            return None  # no face in the clean photo for this judge: left out
+        if e is None:
+            return True
+        if j == "dlib-full":
+            return DlibPipeline.distance(ref, e) >= DlibPipeline.threshold
+        return float((ref * e).sum()) < float(judges[j].threshold)
+
+    report = {"meta": {"date": dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
+                       "device": str(dev), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
+                       "platform": platform.platform(), "faces": stems, "size": args.size, "seed": args.seed,
+                       "gate": GATE}, "configs": []}
+    for text in args.configs.split(","):
+        cfg = parse_config(text)
+        attacked = attacked_names(cfg["face_model"])
+        xp, secs = protect_all(cfg, x, stems, kept_dir(args.out, text, args.size, args.seed, args.steps), args.size, args.seed, args.steps, dev)
+        seen = measure(x, xp)
+        unseen = ["dlib-full"] + [j for j in judges if j not in attacked]
+        cells = {}
+        for cname, img in conditions(xp).items():
+            embs = embeddings(img)
+            cells[cname] = {j: [lost(j, refs[j][i], embs[j][i]) for i in range(len(stems))] for j in unseen}
+        entry = {"label": text, "config": cfg, "attacked_face_models": sorted(attacked), "attacked_vaes": cfg["vae"].split(","),
+                 "seconds_per_image": round(sum(secs) / len(secs), 1),
+                 "visibility": [v.as_dict() for v in seen], "lost": cells}
+        report["configs"].append(entry)
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    md = to_markdown(report)
+    (args.out / "report.md").write_text(md)
+    plot(report, args.out / "curve.png")
+    print(md)
+    return 0
+
+
+def share(values: list) -> tuple[int, int]:
+    v = [b for b in values if b is not None]
+    return sum(v), len(v)
+
+
+def pct(entry: dict, cond: str, judges: list[str]) -> str:
+    lost = n = 0
+    for j in judges:
+        a, b = share(entry["lost"][cond].get(j, []))
+        lost, n = lost + a, n + b
+    return f"{100 * lost / n:.0f}% ({lost}/{n})" if n else "-"
+
+
+def mean_of(entry: dict, key: str) -> float:
+    vals = [v[key] for v in entry["visibility"] if v[key] is not None]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def to_markdown(report: dict) -> str:
+    meta = report["meta"]
+    lines = [f"Faces: {len(meta['faces'])} at {meta['size']} px; seed {meta['seed']}; device {meta['device']} "
+             f"({meta['cpu_threads']} threads); command: `{meta['command']}`", "",
+             "Identity lost, judged only by recognizers the configuration did not attack: dlib's full pipeline "
+             "(HOG detector, 5-point shape predictor, Euclidean 0.6; never attacked) alone, and all unattacked judges "
+             "pooled (face x judge pairs). '*' = through an autoencoder the configuration attacked. Visibility: "
+             "means over the faces; 'gate' = faces passing flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95.", "",
+             "| config | attacked (recognizers / autoencoders) | dlib: TAESD | dlib: JPEG-75 -> TAESD | dlib: TAEF2 "
+             "| all unseen: TAESD | all unseen: JPEG-75 -> TAESD | all unseen: TAEF2 | PSNR | SSIM | flat /255 | LPIPS | gate | s/image |",
+             "|" + " --- |" * 14]
+    for e in report["configs"]:
+        star = {c: ("*" if c.split("->")[-1] in e["attacked_vaes"] else "") for c in CONDITIONS}
+        unseen = list(e["lost"]["taesd"])
+        lp = mean_of(e, "lpips")
+        gate = sum(v["invisible"] for v in e["visibility"])
+        cells = [e["label"], f"{'+'.join(e['attacked_face_models'])} / {'+'.join(e['attacked_vaes'])}"]
+        cells += [pct(e, c, ["dlib-full"]) + star[c] for c in CONDITIONS]
+        cells += [pct(e, c, unseen) + star[c] for c in CONDITIONS]
+        cells += [f"{mean_of(e, 'psnr'):.1f}", f"{mean_of(e, 'ssim'):.3f}", f"{mean_of(e, 'flat'):.2f}",
+                  "-" if lp != lp else f"{lp:.3f}", f"{gate}/{len(e['visibility'])}", f"{e['seconds_per_image']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(report: dict, path: Path) -> None:
+    """Two panels: identity lost (dlib's full pipeline, after TAESD) vs the flat-region change,
+    and vs PSNR; one labelled point per configuration; the gate drawn as a dashed line."""
+    W, H, pad = 520, 360, 56
+    img = Image.new("RGB", (2 * W, H), "white")
+    d = ImageDraw.Draw(img)
+    pts = []
+    for e in report["configs"]:
+        a, n = share(e["lost"]["taesd"]["dlib-full"])
+        pts.append((e["label"], mean_of(e, "flat"), mean_of(e, "psnr"), 100.0 * a / n if n else 0.0))
+    panels = [("flat-region change (/255), lower = less visible", 1, 0.0, max([4.0] + [p[1] for p in pts]), GATE["flat"]),
+              ("PSNR (dB), higher = less visible", 2, min([30.0] + [p[2] for p in pts]), max([46.0] + [p[2] for p in pts]), GATE["psnr"])]
+    for k, (title, idx, lo, hi, gate) in enumerate(panels):
+        ox = k * W
+        d.rectangle([ox + pad, 20, ox + W - 20, H - pad], outline="black")
+        d.text((ox + pad, H - pad + 22), title, fill="black")
+        d.text((ox + 4, 20), "100%", fill="black")
+        d.text((ox + 4, H - pad - 10), "0%", fill="black")
+        d.text((ox + 4, (H - pad + 20) // 2), "lost", fill="black")
+
+        def px(v, lo=lo, hi=hi, ox=ox):
+            return ox + pad + (v - lo) / max(hi - lo, 1e-9) * (W - 20 - pad - ox + ox)
+
+        def py(v):
+            return H - pad - v / 100.0 * (H - pad - 20)
+
+        gx = px(gate)
+        for y in range(20, H - pad, 8):
+            d.line([gx, y, gx, y + 4], fill="gray")
+        d.text((gx + 3, 22), "gate", fill="gray")
+        d.text((ox + pad, H - pad + 6), f"{lo:g}", fill="black")
+        d.text((ox + W - 40, H - pad + 6), f"{hi:.3g}", fill="black")
+        for label, flat, ps, lost in pts:
+            v = flat if idx == 1 else ps
+            cx, cy = px(v), py(lost)
+            d.ellipse([cx - 4, cy - 4, cx + 4, cy + 4], fill="navy")
+            d.text((cx + 6, cy - 6), label, fill="navy")
+    d.text((8, 2), "identity lost for dlib's full pipeline (never attacked) after a TAESD round trip", fill="black")
+    img.save(path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""How visible is a protection? One set of measures for every result, table and page.
+
+``psnr``   peak signal-to-noise ratio of the change, dB (higher = less visible)
+``ssim``   structural similarity, 11x11 Gaussian window on [0,1] (kornia), mean of the map
+``lpips``  learned perceptual distance (AlexNet LPIPS), where its weights load; else None
+``flat``   the **flat-region measure**: the change low-passed by a Gaussian (sigma 1.5, 9x9
+           kernel), RMS in /255 over all three channels, taken over the pixels where the
+           original is flat: the 7x7 local standard deviation of its luminance
+           (0.299 R + 0.587 G + 0.114 B) is below ``FLAT_STD`` = 3/255. Structured patterns in
+           smooth skin, sky or a blurred background are what people see first; a change that
+           is fine-grained there averages out under the low-pass, a swirl does not.
+           0 when the photo has no flat pixel (``flat_share`` says how many there were).
+
+The gate for "invisible" that every strength preset passes (see docs/evaluation.md):
+``flat <= 1.0``, ``psnr >= 36``, ``ssim >= 0.95``. For scale, on 256 px portraits: JPEG-90
+gives 0.54 / 38.4 dB / 0.969; uniform noise of +-4/255 0.57 / 40.0 dB / 0.955.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure"]
+
+#: Below this 7x7 local luminance standard deviation (in /255) a pixel counts as flat.
+FLAT_STD = 3.0
+#: The invisibility gate: flat-region change at most, PSNR and SSIM at least.
+GATE = {"flat": 1.0, "psnr": 36.0, "ssim": 0.95}
+_LUMA = (0.299, 0.587, 0.114)
+
+
+@dataclass
+class Visibility:
+    """What one protected image's change looks like, next to its original."""
+
+    psnr: float  #: dB (inf for no change)
+    ssim: float
+    flat: float  #: low-passed change over the flat pixels, RMS in /255
+    flat_share: float  #: the share of the photo's pixels that are flat
+    lpips: float | None = None  #: None where LPIPS weights could not be loaded
+
+    @property
+    def invisible(self) -> bool:
+        """Passes the gate (:data:`GATE`)."""
+        return self.flat <= GATE["flat"] and self.psnr >= GATE["psnr"] and self.ssim >= GATE["ssim"]
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["invisible"] = self.invisible
+        if math.isinf(self.psnr):
+            d["psnr"] = None  # JSON has no inf: None means "no change"
+        return d
+
+    def line(self) -> str:
+        lp = "" if self.lpips is None else f", LPIPS {self.lpips:.3f}"
+        verdict = "invisible" if self.invisible else "VISIBLE"
+        return (f"visibility: {verdict} by the gate (PSNR {self.psnr:.1f} dB, SSIM {self.ssim:.3f}, "
+                f"flat-region change {self.flat:.2f}/255{lp})")
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] luminance of [B,3,H,W] RGB."""
+    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """Standard deviation of ``y`` [B,1,H,W] over a ``size`` x ``size`` window (borders: the
+    pixels inside the image only)."""
+    mu = F.avg_pool2d(y, size, 1, size // 2, count_include_pad=False)
+    m2 = F.avg_pool2d(y * y, size, 1, size // 2, count_include_pad=False)
+    return (m2 - mu * mu).clamp_min(0).sqrt()
+
+
+def flat_mask(x: torch.Tensor, threshold: float = FLAT_STD) -> torch.Tensor:
+    """[B,1,H,W] bool: where ``x`` ([B,3,H,W] in [0,1]) is flat (7x7 luminance std < threshold/255)."""
+    return local_std(luminance(x.float())) < threshold / 255.0
+
+
+def _gaussian_lowpass(d: torch.Tensor, sigma: float = 1.5, size: int = 9) -> torch.Tensor:
+    from kornia.filters import gaussian_blur2d
+
+    return gaussian_blur2d(d, (size, size), (sigma, sigma))
+
+
+def flat_region_change(original: torch.Tensor, protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample: (flat-region measure in /255, flat share). See the module docstring."""
+    a, b = original.detach().float(), protected.detach().float().to(original.device)
+    lp = _gaussian_lowpass(b - a)
+    flat = flat_mask(a).expand_as(lp)
+    n = flat.flatten(1).sum(1)
+    rms = (lp.pow(2) * flat).flatten(1).sum(1).div(n.clamp_min(1)).sqrt() * 255.0
+    share = flat[:, :1].flatten(1).float().mean(1)
+    return torch.where(n > 0, rms, torch.zeros_like(rms)), share
+
+
+def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) -> list[Visibility]:
+    """Visibility of each pair of a batch ([B,3,H,W] in [0,1]). ``lpips``: an
+    :class:`~imguard.metrics.LPIPSMetric`, or None to leave LPIPS out."""
+    from .metrics import psnr, ssim
+
+    if original.shape != protected.shape:
+        raise ValueError(f"visibility needs the original and the protected image at the same size, "
+                         f"got {tuple(original.shape)} and {tuple(protected.shape)}")
+    a, b = original.detach().float(), protected.detach().float().to(original.device)
+    p, s = psnr(a, b), ssim(a, b)
+    fl, share = flat_region_change(a, b)
+    lp = [None] * a.shape[0]
+    if lpips is not None:
+        with torch.no_grad():
+            lp = [float(v) for v in lpips(a, b).flatten()]
+    return [Visibility(psnr=float(p[i]), ssim=float(s[i]), flat=float(fl[i]), flat_share=float(share[i]), lpips=lp[i])
+            for i in range(a.shape[0])]
+
+
+_LPIPS: dict = {}
+
+
+#: torchvision's AlexNet weights, LPIPS' backbone (in torch hub's cache once downloaded)
+ALEXNET_FILE = "alexnet-owt-7be5be79.pth"
+
+
+def _default_lpips(device: torch.device | str):
+    """AlexNet LPIPS on ``device`` where its weights are already in torch hub's cache (cached),
+    else None: measuring visibility never starts a download."""
+    import os
+
+    key = str(device)
+    if key not in _LPIPS:
+        _LPIPS[key] = None
+        if os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", ALEXNET_FILE)):
+            from .metrics import load_lpips_metric
+
+            _LPIPS[key] = load_lpips_metric("alex", device)[0]
+    return _LPIPS[key]
+
+
+def visibility(original: Any, protected: Any, lpips: bool | Any = True) -> Visibility | list[Visibility]:
+    """How visible the change from ``original`` to ``protected`` is (PIL, ndarray, tensor or path).
+
+    Returns one :class:`Visibility` for a single image, a list for a batch tensor. ``lpips``:
+    True (AlexNet LPIPS where its weights load), False, or an LPIPS metric to use.
+    """
+    from .io import to_tensor
+
+    a, _ = to_tensor(original, name="the original")
+    b, _ = to_tensor(protected, name="the protected image")
+    metric = _default_lpips(a.device) if lpips is True else (lpips or None)
+    out = measure(a, b, metric)
+    return out[0] if len(out) == 1 and not (torch.is_tensor(original) and original.dim() == 4) else out
