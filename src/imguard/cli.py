@@ -252,8 +252,8 @@ def _cmd_protect(args: argparse.Namespace) -> int:
                       max_pixels=args.max_pixels, keep_metadata=args.keep_metadata, protect_kwargs=kwargs)
     report = Runner(protector, manifest, settings, opts).run(jobs)
     print(report.summary(), flush=True)
-    if report.failed:  # each failure was reported once, with its reason, as it happened
-        print(f"imguard: failed (see above): {', '.join(str(j.src) for j in report.failed)}", file=sys.stderr, flush=True)
+    for job in report.failed:  # the reason and what to do were printed once, as it happened
+        print(f"  failed: {job.src}", file=sys.stderr, flush=True)
     if report.failed and args.fail_fast:
         print("imguard: stopped at the first failure (--fail-fast); run the same command again to go on", file=sys.stderr)
     return 1 if report.failed else 0
