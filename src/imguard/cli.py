@@ -284,8 +284,8 @@ def _looks_like_ray_address(text: str) -> bool:
 
 def _protect_summary(report, args: argparse.Namespace) -> int:
     print(report.summary(), flush=True)
-    if report.failed:  # each failure was reported once, with its reason, as it happened
-        print(f"imguard: failed (see above): {', '.join(str(j.src) for j in report.failed)}", file=sys.stderr, flush=True)
+    for job in report.failed:  # the reason and what to do were printed once, as it happened
+        print(f"  failed: {job.src}", file=sys.stderr, flush=True)
     if report.failed and args.fail_fast:
         print("imguard: stopped at the first failure (--fail-fast); run the same command again to go on", file=sys.stderr)
     return 1 if report.failed else 0
