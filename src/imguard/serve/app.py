@@ -191,9 +191,11 @@ class Worker:
         from PIL import Image
 
         from ..methods import get_method
+        from ..result import objective_sign
 
         protector = self.protector
-        sign = 1.0 if get_method(PRESETS[job.strength].method).maximize else -1.0  # objective: higher = stronger
+        req = job_request(job.strength, job.steps)
+        sign = objective_sign(get_method(req.method).maximize)  # objective: higher = stronger
         for i, (name, img) in enumerate(zip(job.names, job.inputs)):
             job.image, job.step, job.objective = i, 0, None
 
@@ -201,7 +203,7 @@ class Worker:
                 _job.step, _job.steps_total = step + 1, steps
                 _job.objective = sign * float(loss[0])
 
-            res = protector.protect(img, strength=job.strength, steps=job.steps, seed=job.seed,
+            res = protector.protect(img, method=req.method, strength=req.strength, steps=job.steps, seed=job.seed,
                                     callback=progress, return_result=True)
             out = res.image
             stem = Path(name).stem or f"image{i + 1}"
@@ -223,6 +225,13 @@ class Worker:
                 "summary": res.summary(),
                 "check": [{**c.as_dict(), "line": c.line()} for c in checks],
             })
+
+
+def job_request(strength: str, steps: int | None):
+    """The request of a job of the page: a strength and optional steps (:func:`imguard.request.resolve`)."""
+    from ..request import resolve
+
+    return resolve(strength=strength, steps=steps)
 
 
 def _read_upload(upload, folder: Path, index: int, limits: Limits):
