@@ -17,7 +17,7 @@ from .models import Models
 from .photo import protect_photo, wants_faces_first
 from .presets import DEFAULT_STRENGTH, get_preset
 from .request import DEFAULT_METHOD, ProtectionRequest, resolve
-from .result import ItemError, ProtectionResult, objective_sign, objective_text
+from .result import ItemError, ProtectionResult, batch_then_singly, objective_sign, objective_text
 from .runtime import amp_dtype_for, memory_format_for, resolve_device
 
 __all__ = ["DEFAULT_METHOD", "DEFAULT_WORKING_SIZE", "ItemError", "ProtectionResult", "Protector", "methods", "protect"]
@@ -28,6 +28,13 @@ DEFAULT_WORKING_SIZE = 512
 def _check_working_size(working_size: Any) -> None:
     if working_size is not None and (not isinstance(working_size, int) or isinstance(working_size, bool) or working_size < 8):
         raise ValueError(f"working_size must be a whole number of pixels >= 8 (the long side), or None for the native size; got {working_size!r}")
+
+
+def _check_faces_first(faces_first: Any, rest: Any) -> None:
+    if rest not in ("protect", "keep"):
+        raise ValueError(f"rest must be 'protect' or 'keep', got {rest!r}")
+    if faces_first not in (True, False, "auto"):
+        raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
 
 
 def _mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
@@ -207,10 +214,7 @@ class Protector:
         the photo (see :mod:`imguard.photo`); the rest of the photo is protected as a whole
         (``rest="protect"``) or left as it is (``rest="keep"``).
         """
-        if rest not in ("protect", "keep"):
-            raise ValueError(f"rest must be 'protect' or 'keep', got {rest!r}")
-        if faces_first not in (True, False, "auto"):
-            raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
+        _check_faces_first(faces_first, rest)
         req = self.request(method, strength, eps, steps, **method_options)
         x, info = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
         if faces_first and mask is None and wants_faces_first(x, self.working_size, get_method(req.method).needs, faces_first):
@@ -316,26 +320,19 @@ class Protector:
                 failed(i, e)
                 continue
             groups.setdefault(tuple(loaded[i][0].shape[-3:]), []).append(i)
+
+        def done(i: int, one: torch.Tensor) -> None:
+            out[i] = from_tensor(one, loaded[i][1])
+
         for idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                try:
-                    prot = self.protect(torch.cat([loaded[i][0] for i in chunk]), names=[label[i] for i in chunk], **kwargs)
-                except Exception as e:  # noqa: BLE001 - retried one by one
-                    if len(chunk) == 1:
-                        failed(chunk[0], e)
-                        continue
-                    prot = None
-                for j, i in enumerate(chunk):
-                    if prot is None:
-                        try:
-                            one = self.protect(loaded[i][0], names=[label[i]], **kwargs)
-                        except Exception as e:  # noqa: BLE001
-                            failed(i, e)
-                            continue
-                    else:
-                        one = prot[j : j + 1]
-                    out[i] = from_tensor(one, loaded[i][1])
+                batch_then_singly(
+                    chunk,
+                    lambda c: list(self.protect(torch.cat([loaded[i][0] for i in c]), names=[label[i] for i in c], **kwargs).split(1)),
+                    lambda i: self.protect(loaded[i][0], names=[label[i]], **kwargs),
+                    done, failed,
+                )
         return out
 
 

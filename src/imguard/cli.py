@@ -9,6 +9,7 @@ import warnings
 from pathlib import Path
 from typing import Sequence
 
+from .bulk import _batches  # noqa: F401 - the grouping helper lives in bulk
 from .io import DEFAULT_MAX_PIXELS
 
 DESCRIPTION = """\
@@ -23,17 +24,6 @@ examples:
   imguard methods
   imguard eval --originals photos/ --protected protected/ -o report/ --face-model dlib --vae taesd:/path/to/taef2 --attacked-face-model sface
 """
-
-
-def _batches(items: list, key, size: int) -> list[list]:
-    """Consecutive runs of items with the same key, at most ``size`` long."""
-    out: list[list] = []
-    for item in items:
-        if out and len(out[-1]) < size and key(out[-1][0]) == key(item):
-            out[-1].append(item)
-        else:
-            out.append([item])
-    return out
 
 
 def _positive_int(text: str) -> int:
@@ -225,7 +215,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``imguard eval``."""
     from .evaluation import DEFAULT_SIZE
-    from .evaluation import metrics as M
+    from . import metrics as M
     from .evaluation.editor import DEFAULT_EDITOR
 
     g = parser.add_argument_group("inputs")
@@ -337,7 +327,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m imguard.evaluate`` (the same as ``imguard eval``)."""
+    """``imguard eval`` on its own (an entry point for scripts)."""
     parser = argparse.ArgumentParser(prog="imguard eval", description="Evaluate protected photos against edit proxies and report identity, fidelity and imperceptibility.")
     add_eval_arguments(parser)
     return run_eval(parser.parse_args(argv))

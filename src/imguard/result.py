@@ -4,11 +4,11 @@ objective's one sign (higher = stronger protection, for every method)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
 
-__all__ = ["ItemError", "ProtectionResult", "objective_sign", "objective_text"]
+__all__ = ["ItemError", "ProtectionResult", "batch_then_singly", "objective_sign", "objective_text"]
 
 
 def objective_sign(maximize: bool) -> float:
@@ -91,3 +91,36 @@ class ItemError(Exception):
         self.index, self.name, self.error = index, name, error
         self.reason = str(error) or type(error).__name__
         super().__init__(f"image {index} ({name}) failed: {type(error).__name__}: {self.reason}")
+
+
+def batch_then_singly(items: Sequence, batch: Callable[[list], list], single: Callable[[Any], Any],
+                      done: Callable[[Any, Any], bool | None], failed: Callable[[Any, BaseException], bool | None],
+                      reraise: tuple = ()) -> None:
+    """Several items as one batch (``batch(items)``: one result per item); a single item, or a
+    batch that failed, one by one (``single(item)``), so one bad item does not take its batch
+    mates down. ``done(item, result)`` and ``failed(item, error)`` report each item; either
+    returning True stops. Errors of the ``reraise`` types are not caught."""
+    items = list(items)
+    if len(items) > 1:
+        try:
+            results = batch(items)
+        except reraise:
+            raise
+        except Exception:  # noqa: BLE001 - retried one by one
+            results = None
+        if results is not None:
+            for item, r in zip(items, results):
+                if done(item, r):
+                    return
+            return
+    for item in items:
+        try:
+            r = single(item)
+        except reraise:
+            raise
+        except Exception as e:  # noqa: BLE001 - reported for this item
+            if failed(item, e):
+                return
+            continue
+        if done(item, r):
+            return
