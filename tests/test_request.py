@@ -32,10 +32,10 @@ def test_api_cli_and_web_page_agree(strength, steps):
 def test_a_preset_applies_only_to_its_own_method():
     plain = resolve(method="photoguard")
     assert resolve(method="photoguard", strength="high") == plain
-    assert plain.strength is None and plain.vae is None and plain.budget.eps == 8
+    assert plain.strength is None and plain.autoencoder is None and plain.budget.eps == 8
     high = resolve(strength="high")
     assert high.method == "facelock" and high.strength == "high" and high.engine.lowres == 2
-    assert high.face_model == PRESETS["high"].face_model
+    assert high.recognizer == PRESETS["high"].face_model
     # a named method with no strength: its own (paper) defaults, not the default strength's
     assert resolve(method="facelock").strength is None and resolve(method="facelock").budget.eps == 4
     assert resolve().strength == "medium"
@@ -45,8 +45,8 @@ def test_a_preset_applies_only_to_its_own_method():
 
 def test_explicit_arguments_override_the_preset():
     r = resolve(strength="high", eps=3, steps=5, momentum=0.5, vae="taesd", lambda_decoy=0.0)
-    assert (r.budget.eps, r.engine.steps, r.engine.momentum, r.vae) == (3, 5, 0.5, "taesd")
-    assert r.options["lambda_decoy"] == 0.0 and r.face_model == PRESETS["high"].face_model
+    assert (r.budget.eps, r.engine.steps, r.engine.momentum, r.autoencoder) == (3, 5, 0.5, "taesd")
+    assert r.options["lambda_decoy"] == 0.0 and r.recognizer == PRESETS["high"].face_model
 
 
 def test_bad_requests_say_what_is_valid():

@@ -157,9 +157,9 @@ class Protector:
     def _models_of(self, req: ProtectionRequest) -> Models:
         if self._fixed_models is not None:
             return self._fixed_models
-        key = (_model_key(req.vae), _model_key(req.face_model))
+        key = (_model_key(req.autoencoder), _model_key(req.recognizer))
         if key not in self._models:
-            self._models[key] = Models(vae=req.vae, face_model=req.face_model, device=self.device,
+            self._models[key] = Models(vae=req.autoencoder, face_model=req.recognizer, device=self.device,
                                        memory_format=memory_format_for(self.device, self.amp_dtype) if self.speedups else torch.contiguous_format,
                                        **self._model_args)
             if self._models:  # share the detector between the protector's model sets
@@ -281,7 +281,7 @@ class Protector:
             self._checker = Checker(self.device, judge=judge, detector=models.detector if models.specs["detector"] == "mtcnn" else None)
         if models.detector is None:  # no detector (tests): the check needs faces, skip it
             return None
-        return self._checker.check(x_work, out_work, models.face, models.autoencoder)
+        return self._checker.check(x_work, out_work, models.recognizer, models.autoencoder)
 
     __call__ = protect
 

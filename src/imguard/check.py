@@ -62,7 +62,7 @@ class Checker:
         self.judge_spec = judge
         self.detector = detector
         self._judges: dict[frozenset, Any] = {}
-        self._ae = None
+        self._autoencoder = None
 
     def _judge_for(self, attacked: set[str]):
         key = frozenset(attacked)
@@ -94,15 +94,15 @@ class Checker:
         attacked = _labels(face_model)
         judge = self._judge_for(attacked)
         judge_name = str(getattr(judge, "name", "?"))
-        if self._ae is None:
-            self._ae = load_autoencoder(CHECK_AUTOENCODER, self.device)
+        if self._autoencoder is None:
+            self._autoencoder = load_autoencoder(CHECK_AUTOENCODER, self.device)
         ae_attacked = any(ModelSpec.of(a).same_as(CHECK_AUTOENCODER) for a in autoencoders_of(vae))
         if self.detector is None:
             self.detector = FaceDetector(self.device)
         metric = IdentityMetric(judge, self.detector)
         with torch.no_grad():
             ref, had_face = metric.embed(original.to(self.device))
-            trip = self._ae.decode(self._ae.encode(protected.to(self.device))).clamp(0, 1)
+            trip = self._autoencoder.decode(self._autoencoder.encode(protected.to(self.device))).clamp(0, 1)
             sim, _ = metric.similarity(ref, trip)
         out = []
         short = ModelSpec.of(judge_name).label

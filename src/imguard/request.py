@@ -72,15 +72,16 @@ class EngineSettings:
 class ProtectionRequest:
     """One protection, resolved: method, the strength preset applied (None when the method's
     own defaults), budget, engine settings, the method's own options and the models attacked
-    (a spec or a module; None: the method's default)."""
+    (a spec or a module; None: the default). One name per role: ``autoencoder`` and
+    ``recognizer`` (the public arguments ``vae=`` and ``face_model=``)."""
 
     method: str
     strength: str | None
     budget: BudgetChoice
     engine: EngineSettings
     options: dict  #: the method's own options (not the engine's), defaults filled in
-    vae: Any = None
-    face_model: Any = None
+    autoencoder: Any = None  #: the autoencoder(s) attacked (``vae=``)
+    recognizer: Any = None  #: the recognizer(s) attacked (``face_model=``)
 
     def merged(self) -> dict:
         """Every option in one flat dict (budget, engine and the method's), by option name."""
@@ -94,7 +95,7 @@ class ProtectionRequest:
         return {"method": self.method, "strength": self.strength, "budget": asdict(self.budget),
                 "engine": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.engine).items()},
                 "options": {k: spec(v) for k, v in self.options.items()},
-                "vae": spec(self.vae), "face_model": spec(self.face_model)}
+                "autoencoder": spec(self.autoencoder), "recognizer": spec(self.recognizer)}
 
 
 _BUDGET_FIELDS = tuple(f.name for f in fields(BudgetChoice))
@@ -132,6 +133,6 @@ def resolve(
         budget=budget,
         engine=engine,
         options={k: v for k, v in opts.items() if k not in ENGINE_OPTIONS},
-        vae=vae if vae is not None else (preset.vae if preset else None),
-        face_model=face_model if face_model is not None else (preset.face_model if preset else None),
+        autoencoder=vae if vae is not None else (preset.vae if preset else None),
+        recognizer=face_model if face_model is not None else (preset.face_model if preset else None),
     )

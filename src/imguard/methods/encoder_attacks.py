@@ -33,9 +33,9 @@ class AutoencoderContext:
         return step % len(self.autoencoders)
 
 
-def _latents(aes, img):
+def _latents(autoencoders, img):
     with torch.no_grad():
-        return [ae.encode(img) for ae in aes]
+        return [a.encode(img) for a in autoencoders]
 
 
 # FaceLock's budget: 0.03 and step 0.01 in [-1,1] units = 3.825/255 and 1.275/255, 100 steps,
@@ -63,8 +63,8 @@ class PhotoGuardOptions(Options):
 
 
 def _photoguard_prepare(x, models, opts) -> AutoencoderContext:
-    aes = autoencoders_of(models.autoencoder)
-    return AutoencoderContext(aes, z_target=_latents(aes, resize_like(opts["target"], x)))
+    autoencoders = autoencoders_of(models.autoencoder)
+    return AutoencoderContext(autoencoders, z_target=_latents(autoencoders, resize_like(opts["target"], x)))
 
 
 def _photoguard_objective(x_adv, ctx: AutoencoderContext, step, steps):
@@ -89,8 +89,8 @@ class EncoderOptions(FaceLockBudget):
 
 
 def _clean_latent_prepare(x, models, opts) -> AutoencoderContext:
-    aes = autoencoders_of(models.autoencoder)
-    return AutoencoderContext(aes, x=x, z_clean=_latents(aes, x))
+    autoencoders = autoencoders_of(models.autoencoder)
+    return AutoencoderContext(autoencoders, x=x, z_clean=_latents(autoencoders, x))
 
 
 def _encoder_objective(x_adv, ctx: AutoencoderContext, step, steps):
@@ -118,8 +118,8 @@ def _vae_prepare(x, models, opts) -> AutoencoderContext:
 
 
 def _vae_objective(x_adv, ctx: AutoencoderContext, step, steps):
-    ae = ctx.member(step)
-    return per_sample_mse(ae.decode(ae.encode(x_adv)), ctx.x_target)
+    autoencoder = ctx.member(step)
+    return per_sample_mse(autoencoder.decode(autoencoder.encode(x_adv)), ctx.x_target)
 
 
 register(Method(

@@ -106,15 +106,15 @@ class FaceContext:
         n = len(self.autoencoders)
         idx = range(n) if self.opts.get("ae_mode", CvlDOptions.ae_mode) == "mean" or n == 1 else [step % n]
         for k in idx:
-            ae = self.autoencoders[k]
-            z = ae.encode(x_adv)
-            yield k, z, (ae.decode(z) if decode else None)
+            autoencoder = self.autoencoders[k]
+            z = autoencoder.encode(x_adv)
+            yield k, z, (autoencoder.decode(z) if decode else None)
 
 
-def _check_differentiable(face) -> None:
-    if getattr(face, "differentiable", True) is False:
+def _check_differentiable(recognizer) -> None:
+    if getattr(recognizer, "differentiable", True) is False:
         raise ValueError(
-            f"face model {getattr(face, 'name', '?')!r} is evaluation-only (no gradients); "
+            f"face model {getattr(recognizer, 'name', '?')!r} is evaluation-only (no gradients); "
             "protect against differentiable recognizers (sface, facenet, mobilefacenet, faceres) and judge with this one"
         )
 
@@ -140,14 +140,14 @@ def _image_decoys(ctx: FaceContext, models, decoy: Any) -> list:
     img = resize_like(img[:1], ctx.x[:1])
     dfaces = find_faces(img, models.detector, names=["the decoy image"])
     with torch.no_grad():
-        emb = FaceEmbedder(models.face, dfaces).embed_all(img)
+        emb = FaceEmbedder(models.recognizer, dfaces).embed_all(img)
     return [e.expand(ctx.x.shape[0], -1) for e in emb]
 
 
 def _face_context(x, models, opts) -> FaceContext:
-    _check_differentiable(models.face)
+    _check_differentiable(models.recognizer)
     faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", CvlOptions.require_face)), names=opts.get("names"))
-    embedder = FaceEmbedder(models.face, faces)
+    embedder = FaceEmbedder(models.recognizer, faces)
     with torch.no_grad():
         emb = embedder.embed_all(x)
     return FaceContext(x=x, faces=faces, embedder=embedder, emb_clean=emb, opts=opts)
@@ -159,7 +159,7 @@ def _with_autoencoders(ctx: FaceContext, models) -> FaceContext:
         raise ValueError(f"unknown ae_mode {mode!r}; valid: {', '.join(AE_MODES)}")
     ctx.autoencoders = autoencoders_of(models.autoencoder)
     with torch.no_grad():
-        ctx.z_clean = [ae.encode(ctx.x) for ae in ctx.autoencoders]
+        ctx.z_clean = [a.encode(ctx.x) for a in ctx.autoencoders]
     return ctx
 
 
@@ -206,8 +206,8 @@ def _facelock_fooled(x_adv, ctx: FaceContext, margin: float) -> torch.Tensor:
     """Every attacked recognizer, after every attacked autoencoder's round trip, puts the face
     at least ``margin`` below its same-person threshold."""
     fooled = torch.ones(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
-    for ae in ctx.autoencoders:
-        embs = ctx.embedder.embed_all(ae.decode(ae.encode(x_adv)))
+    for autoencoder in ctx.autoencoders:
+        embs = ctx.embedder.embed_all(autoencoder.decode(autoencoder.encode(x_adv)))
         for member, e, ref in zip(ctx.embedder.members, embs, ctx.emb_clean):
             fooled &= (e * ref.to(e.device)).sum(dim=1) < float(member.threshold) - margin
     return fooled
