@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 from conftest import TAEF2, TinyRecognizer, face_paths, requires_assets
-from imguard import editing
-from imguard.evaluate import (
-    MissingImageError, add_arguments, evaluate, match_inputs, run_from_args, same_model, stats,
-)
+from imguard.cli import add_eval_arguments as add_arguments
+from imguard.cli import run_eval as run_from_args
+from imguard.evaluation import MissingImageError, evaluate, match_inputs, same_model, stats
+from imguard.evaluation import editor as editing
 from imguard.models import ModelLoadError
 
 STEMS = ("alice", "bob", "carol")
@@ -104,6 +104,9 @@ def test_same_model_and_stats():
     assert same_model("taesd:/a/../a/taef2", "taesd:/a/taef2")
     assert same_model("facenet", "facenet", "facenet-vggface2")
     assert not same_model("facenet", "sface")
+    # every known kind, not only three: a local mobilefacenet is recognised as itself
+    assert same_model("mobilefacenet:/a/../a/m.tflite", "mobilefacenet:/a/m.tflite")
+    assert not same_model("mobilefacenet:/a/m.tflite", "mobilefacenet:/b/m.tflite")
     s = stats([1.0, 3.0, None, float("nan"), True])
     assert s == {"mean": pytest.approx(5 / 3), "std": pytest.approx(np.std([1, 3, 1])), "n": 3}
     assert stats([float("inf"), 2.0])["mean"] == float("inf")

@@ -2,6 +2,7 @@
 
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -183,3 +184,17 @@ def test_protect_with_real_detector_on_tiny_images(tiny_vae_dir):
         assert out.size == (w, h)
     with pytest.raises(imguard.NoFaceError, match="no face found"):
         p.protect(torch.rand(1, 3, 16, 16), steps=1, require_face=True)
+
+
+def test_model_spec_label_and_same_as():
+    from imguard.models import ModelSpec
+
+    assert ModelSpec.of("mobilefacenet:/w/m.tflite").label == "mobilefacenet"
+    assert ModelSpec.of("timbrooks/instruct-pix2pix/").label == "timbrooks/instruct-pix2pix"
+    assert ModelSpec.of("taesd:~/w/../w/taef2").same_as("taesd:" + str(Path.home() / "w" / "taef2"))
+    assert ModelSpec.of("sface").same_as("SFace") and not ModelSpec.of("sface").same_as("sface:/other.onnx")
+
+    class Rec:
+        name = "faceres:/w/faceres"
+
+    assert ModelSpec.of(Rec()).label == "faceres" and ModelSpec.of(Rec()).same_as("faceres:/w/../w/faceres")

@@ -2,115 +2,39 @@
 
 from __future__ import annotations
 
-import math
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import engine
-from .budget import Budget, finalize
+from . import engine, visibility
+from .budget import finalize
 from .io import DEFAULT_MAX_PIXELS, from_tensor, resize_image, to_tensor, working_shape  # sizing helpers live in io; api.* kept as aliases
-from .methods import ENGINE_OPTIONS, get_method, method_names
+from .methods import get_method, method_names
 from .models import Models
-from .photo import BIG_PHOTO_FACTOR
+from .photo import protect_photo, wants_faces_first
 from .presets import DEFAULT_STRENGTH, get_preset
+from .request import DEFAULT_METHOD, ProtectionRequest, resolve
+from .result import ItemError, ProtectionResult, batch_then_singly, objective_sign, objective_text
 from .runtime import amp_dtype_for, memory_format_for, resolve_device
-from .transforms import get_eot
 
-DEFAULT_METHOD = "facelock"
+__all__ = ["DEFAULT_METHOD", "DEFAULT_WORKING_SIZE", "ItemError", "ProtectionResult", "Protector", "methods", "protect"]
+
 DEFAULT_WORKING_SIZE = 512
-#: a photo whose one face region covers at least this share of it is protected as a whole
-PORTRAIT_AREA = 0.5
-
-
-@dataclass
-class ProtectionResult:
-    """A protected image and what it took."""
-
-    image: Any  #: same type as the input
-    method: str
-    eps: float  #: budget, /255 units
-    norm: str
-    achieved: list[float]  #: per image: max |delta| (linf) or RMS (l2) in /255, measured on the returned 8-bit image
-    steps: int
-    seed: int
-    working_size: tuple[int, int]
-    models: dict
-    loss_history: torch.Tensor  #: [steps, B], the method's own loss per step (its sign: see ``maximize``)
-    initial_loss: list[float]  #: per image: the method's own loss at the clean image
-    final_loss: list[float]  #: per image: the method's own loss at the result
-    seconds: float
-    options: dict = field(default_factory=dict)
-    strength: str | None = None  #: the preset used, if any
-    #: faces first (big photos): per face region, its box (native pixels), working size and check
-    faces: list | None = None
-    #: per image: the protection check (:class:`imguard.check.ProtectionCheck`), or None when off
-    check: list | None = None
-    #: per image: the steps it took (fewer than ``steps`` when it stopped early)
-    steps_run: list | None = None
-    #: whether the method maximises its loss; the *objective* is the loss when it does, its negation when not
-    maximize: bool = True
-    #: per image: how visible the change is (:class:`imguard.visibility.Visibility`: PSNR, SSIM, LPIPS, flat-region change)
-    visibility: list | None = None
-    #: per image, face methods only: the attacked recognizers' mean cosine similarity to the original
-    #: after the attacked autoencoders' round trips, at the clean image and at the result (the number
-    #: the progress bar shows; it falls as the protection works; below a recognizer's threshold,
-    #: that recognizer no longer matches the person)
-    initial_similarity: list | None = None
-    similarity: list | None = None
-
-    # One number, one sign, everywhere (progress bar, summary, web page, docs): the *objective*
-    # is what the method maximises, so higher always means a stronger protection.
-    @property
-    def sign(self) -> float:
-        return 1.0 if self.maximize else -1.0
-
-    @property
-    def initial_objective(self) -> list[float]:
-        """Per image: the objective (higher = stronger protection) at the clean image."""
-        return [self.sign * v for v in self.initial_loss]
-
-    @property
-    def final_objective(self) -> list[float]:
-        """Per image: the objective (higher = stronger protection) at the result."""
-        return [self.sign * v for v in self.final_loss]
-
-    @property
-    def objective_history(self) -> torch.Tensor:
-        """[steps, B]: the objective at each step, the numbers the progress bar shows."""
-        return self.loss_history * self.sign
-
-    def summary(self) -> str:
-        ach = ", ".join(f"{a:.2f}" for a in self.achieved)
-        text = (
-            f"{self.method}{f' ({self.strength})' if self.strength else ''}: eps={self.eps:g}/255 ({self.norm}"
-            f"{', perceptual map' if self.options.get('budget') == 'jnd' else ''}), "
-            f"achieved {ach}/255, {self.steps} steps, "
-            + (f"similarity {self.initial_similarity[0]:.2f} -> {self.similarity[0]:.2f} (attacked recognizers; lower = stronger), "
-               if self.similarity else "")
-            + f"objective {objective_text(self.initial_objective[0])} -> {objective_text(self.final_objective[0])} "
-            f"(higher = stronger), {self.seconds:.1f}s"
-        )
-        if self.visibility:
-            text += "\n" + "\n".join(v.line() for v in self.visibility)
-        if self.check:
-            text += "\n" + "\n".join(c.line() for c in self.check)
-        return text
-
-
-def objective_text(value: float) -> str:
-    """How the objective is printed, in the progress bar and the summary alike."""
-    return f"{value:.4g}"
 
 
 def _check_working_size(working_size: Any) -> None:
     if working_size is not None and (not isinstance(working_size, int) or isinstance(working_size, bool) or working_size < 8):
         raise ValueError(f"working_size must be a whole number of pixels >= 8 (the long side), or None for the native size; got {working_size!r}")
+
+
+def _check_faces_first(faces_first: Any, rest: Any) -> None:
+    if rest not in ("protect", "keep"):
+        raise ValueError(f"rest must be 'protect' or 'keep', got {rest!r}")
+    if faces_first not in (True, False, "auto"):
+        raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
 
 
 def _mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
@@ -215,16 +139,27 @@ class Protector:
     def _preset_method(strength: str | None) -> str:
         return get_preset(strength).method if strength else DEFAULT_METHOD
 
+    def request(self, method: str | None = None, strength: str | None = None, eps: float | None = None,
+                steps: int | None = None, **method_options: Any) -> ProtectionRequest:
+        """The :class:`~imguard.request.ProtectionRequest` a :meth:`protect` call with these
+        arguments runs: the call's method and strength, else the protector's (its strength
+        only when no method is named), with the protector's explicit models."""
+        if strength is None:
+            strength = self.strength if method is None else None
+        return resolve(method=method or self.method, strength=strength, eps=eps, steps=steps,
+                       vae=self._explicit["vae"], face_model=self._explicit["face_model"], **method_options)
+
     def models_for(self, strength: str | None = None) -> Models:
         """The (cached) models a protection at ``strength`` uses."""
+        return self._models_of(resolve(method=None if strength else DEFAULT_METHOD, strength=strength,
+                                       vae=self._explicit["vae"], face_model=self._explicit["face_model"]))
+
+    def _models_of(self, req: ProtectionRequest) -> Models:
         if self._fixed_models is not None:
             return self._fixed_models
-        preset = get_preset(strength) if strength else None
-        vae = self._explicit["vae"] if self._explicit["vae"] is not None else (preset.vae if preset else None)
-        face = self._explicit["face_model"] if self._explicit["face_model"] is not None else (preset.face_model if preset else None)
-        key = (_model_key(vae), _model_key(face))
+        key = (_model_key(req.autoencoder), _model_key(req.recognizer))
         if key not in self._models:
-            self._models[key] = Models(vae=vae, face_model=face, device=self.device,
+            self._models[key] = Models(vae=req.autoencoder, face_model=req.recognizer, device=self.device,
                                        memory_format=memory_format_for(self.device, self.amp_dtype) if self.speedups else torch.contiguous_format,
                                        **self._model_args)
             if self._models:  # share the detector between the protector's model sets
@@ -236,10 +171,11 @@ class Protector:
     def load_models(self, method: str | None = None, strength: str | None = None) -> Models:
         """Load now every model a protection (by default the protector's own) needs; every
         model that fails is reported together (:class:`~imguard.models.ModelLoadError`)."""
-        strength = strength if strength is not None else (self.strength if method is None else None)
-        m = get_method(method or self.method)
-        models = self.models_for(strength if (strength and get_preset(strength).method == m.name) else None)
-        models.load(tuple(n for n in m.needs if n in ("autoencoder", "face", "features")))
+        return self._load(self.request(method, strength))
+
+    def _load(self, req: ProtectionRequest) -> Models:
+        models = self._models_of(req)
+        models.load(tuple(n for n in get_method(req.method).needs if n in ("autoencoder", "face", "features")))
         return models
 
     @property
@@ -278,139 +214,80 @@ class Protector:
         the photo (see :mod:`imguard.photo`); the rest of the photo is protected as a whole
         (``rest="protect"``) or left as it is (``rest="keep"``).
         """
-        if rest not in ("protect", "keep"):
-            raise ValueError(f"rest must be 'protect' or 'keep', got {rest!r}")
-        if faces_first not in (True, False, "auto"):
-            raise ValueError(f"faces_first must be True, False or 'auto', got {faces_first!r}")
-        call = dict(method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress,
-                    callback=callback, early_stop=early_stop, names=names, **method_options)
-        loaded = None
-        if faces_first and mask is None:
-            x_in, info_in = loaded = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
-            m0 = get_method(method or self.method)
-            big = self.working_size is not None and max(x_in.shape[-2:]) > self.working_size * BIG_PHOTO_FACTOR
-            if x_in.shape[0] == 1 and "face" in m0.needs and (big or faces_first is True):
-                res = self._protect_photo(x_in, info_in, rest, call)
-                if res is not None:
-                    return res if return_result else res.image
+        _check_faces_first(faces_first, rest)
+        req = self.request(method, strength, eps, steps, **method_options)
+        x, info = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
+        if faces_first and mask is None and wants_faces_first(x, self.working_size, get_method(req.method).needs, faces_first):
+            call = dict(method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress,
+                        callback=callback, early_stop=early_stop, names=names, **method_options)
+            res = protect_photo(self, x, info, rest, self._models_of(req).detector, call)
+            if res is not None:
+                return res if return_result else res.image
         t0 = time.perf_counter()
-        if strength is None:
-            strength = self.strength if method is None else None
-        preset = get_preset(strength) if strength else None
-        m = get_method(method or self.method)  # the call's method, else the protector's (its preset's when unnamed)
-        preset_opts = dict(preset.options) if (preset and m.name == preset.method) else {}
-        if not preset_opts:
-            strength = None  # another method than the preset's: its own defaults
-        # every model the method needs loads now, and every failure is reported together, up front
-        models = self.load_models(m.name, strength)
-        overrides = {k: v for k, v in {**method_options, "eps": eps, "steps": steps}.items() if v is not None}
-        opts = m.options(**{**preset_opts, **overrides})
-        budget = _budget_of(opts)
-        cfg = engine.EngineConfig(
-            steps=int(opts["steps"]),
-            step_size=float(opts["step_size"]),
-            schedule=opts["schedule"],
-            optimizer=opts["optimizer"],
-            random_start=bool(opts["random_start"]),
-            grad_repeats=int(opts["grad_repeats"]),
-            restarts=int(opts["restarts"]),
-            eot=get_eot(opts["eot"]) if opts["eot"] else (),
-            momentum=float(opts["momentum"]),
-            ti_kernel=int(opts["ti_kernel"]),
-            diversity=float(opts["diversity"]),
-            lowres=int(opts["lowres"]),
-        )
-        cfg.validate()
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)).item())
-
-        x_native, info = loaded or to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)
-        B, _, H, W = x_native.shape
+        models = self._load(req)  # every model the method needs, every failure reported together, up front
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else seed
+        B, _, H, W = x.shape
         size = working_shape(H, W, self.working_size)
         mask_native = _mask_tensor(mask, B, H, W) if mask is not None else None
-        if opts["budget"] == "jnd":  # the perceptual map, once, at the native size
-            budget = perceptual_budget(x_native, budget.eps, float(opts["jnd_scale"]))
-
         with self._lock:  # one optimisation at a time per Protector (models are shared)
-            dev = self.device
-            x = resize_image(x_native.to(dev), size)
-            mask_work = resize_image(mask_native, size).ge(0.5).float().to(dev) if mask_native is not None else None
-            prep_opts = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
-            prep_opts["names"] = list(names) if names else None
-            prep_opts["cache"] = self.speedups
-            torch.manual_seed(seed)
-            ctx = m.prepare(x, models, prep_opts)
-            objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
-            stop = early_stop if early_stop is not None else _margin_stop(m, ctx, opts, cfg.steps)
-
-            bar = None
-            cb = callback
-            sim0 = _similarity_to_original(ctx, x, self.amp_dtype) if (progress or return_result) else None
-            if progress:
-                from tqdm.auto import tqdm
-
-                bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
-
-                sign = 1.0 if m.maximize else -1.0
-                if sim0 is not None:  # face methods: one readable number, the similarity, falling
-                    bar.set_postfix(similarity=f"{float(sim0[0]):.2f}")
-                    stop = _showing_similarity(stop, ctx, bar, cfg.steps, self.amp_dtype)
-
-                def cb(i, n, loss, _user=callback, _sign=sign, _face=sim0 is not None):
-                    bar.update(1)
-                    if not _face:  # other methods: their objective (higher = stronger)
-                        bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
-                    if _user is not None:
-                        _user(i, n, loss)
-
-            try:
-                res = engine.run(
-                    x, objective, budget.resized(tuple(size)).to(dev), cfg, mask=mask_work, callback=cb, early_stop=stop, seed=seed,
-                    amp_dtype=self.amp_dtype,
-                )
-            finally:
-                if bar is not None:
-                    bar.close()
-
-            out, achieved = finalize(x_native, res.delta, budget, mask_native)  # uint8, in row bands
-            if opts["gate"]:  # invisible by the gate, whatever the optimiser did
-                out, achieved = _within_gate(x_native, res.delta, budget, mask_native, out, achieved)
-            if not bool((achieved <= budget.eps + 1e-3).all()):
-                raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
-            sim1 = _similarity_to_original(ctx, x + res.delta, self.amp_dtype) if return_result and sim0 is not None else None
+            x_work = resize_image(x.to(self.device), size)
+            mask_work = resize_image(mask_native, size).ge(0.5).float().to(self.device) if mask_native is not None else None
+            budget = req.budget.build(x)  # the perceptual map (budget="jnd"), once, at the native size
+            run, sims = self._optimise(req, models, x_work, mask_work, budget.resized(tuple(size)).to(self.device), seed,
+                                       names, progress, callback, early_stop, return_result)
+            out, achieved = finalize(x, run.delta, budget, mask_native)  # uint8, in row bands
+            if req.budget.gate:  # invisible by the gate, whatever the optimiser did
+                out, achieved = visibility.within_gate(x, run.delta, budget, mask_native, out, achieved)
+            if not bool((achieved <= req.budget.eps + 1e-3).all()):
+                raise RuntimeError(f"internal error: budget {req.budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
             checks = seen = None
             if return_result:
-                out_work = resize_image(out.to(dev).float().div_(255), size)
-                seen = _visibility(x_native, out, x, out_work)
-                if self.check_enabled and "face" in m.needs:
-                    checks = self._run_check(x, out_work, models)
-
-        result_image = from_tensor(out, info)
+                out_work = resize_image(out.to(self.device).float().div_(255), size)
+                seen = visibility.of_result(x, out, x_work, out_work)
+                if self.check_enabled and "face" in get_method(req.method).needs:
+                    checks = self._run_check(x_work, out_work, models)
+        image_out = from_tensor(out, info)
         if not return_result:
-            return result_image
-        return ProtectionResult(
-            image=result_image,
-            method=m.name,
-            eps=budget.eps,
-            norm=budget.norm,
-            achieved=[float(a) for a in achieved.cpu()],
-            steps=cfg.steps,
-            seed=seed,
-            working_size=tuple(size),
-            models=models.describe(),
-            loss_history=res.history,
-            initial_loss=[float(v) for v in res.initial_loss.cpu()],
-            final_loss=[float(v) for v in res.final_loss.cpu()],
-            seconds=time.perf_counter() - t0,
-            options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
-            strength=strength,
-            check=checks,
-            visibility=seen,
-            steps_run=[int(v) for v in res.steps_run],
-            maximize=m.maximize,
-            initial_similarity=[float(v) for v in sim0.cpu()] if sim1 is not None else None,
-            similarity=[float(v) for v in sim1.cpu()] if sim1 is not None else None,
-        )
+            return image_out
+        return _result(req, image_out, achieved, run, seed, size, models, time.perf_counter() - t0, checks, seen, sims)
+
+    def _optimise(self, req: ProtectionRequest, models: Models, x: torch.Tensor, mask: torch.Tensor | None, budget,
+                  seed: int, names, progress: bool, callback, early_stop, similarity: bool):
+        """prepare (targets once) -> the engine, at the working size. Returns the engine's result
+        and, for face methods (when asked or shown on the bar), the attacked recognizers'
+        similarity to the original before and after."""
+        m = get_method(req.method)
+        cfg = req.engine.config()
+        torch.manual_seed(seed)
+        ctx = m.prepare(x, models, {**req.options, "names": list(names) if names else None, "cache": self.speedups})
+        objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
+        stop = early_stop if early_stop is not None else _margin_stop(m, ctx, req.merged(), cfg.steps)
+        sim0 = _similarity_to_original(ctx, x, self.amp_dtype) if (progress or similarity) else None
+        bar = None
+        cb = callback
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, desc=f"imguard {m.name}", unit="step", leave=False)
+            if sim0 is not None:  # face methods: one readable number, the similarity, falling
+                bar.set_postfix(similarity=f"{float(sim0[0]):.2f}")
+                stop = _showing_similarity(stop, ctx, bar, cfg.steps, self.amp_dtype)
+
+            def cb(i, n, loss, _user=callback, _sign=objective_sign(m.maximize), _face=sim0 is not None):
+                bar.update(1)
+                if not _face:  # other methods: their objective (higher = stronger)
+                    bar.set_postfix(objective=objective_text(_sign * float(loss[0])))
+                if _user is not None:
+                    _user(i, n, loss)
+
+        try:
+            run = engine.run(x, objective, budget, cfg, mask=mask, callback=cb, early_stop=stop,
+                             seed=seed, amp_dtype=self.amp_dtype)
+        finally:
+            if bar is not None:
+                bar.close()
+        sim1 = _similarity_to_original(ctx, x + run.delta, self.amp_dtype) if similarity and sim0 is not None else None
+        return run, (sim0, sim1)
 
     def _run_check(self, x_work: torch.Tensor, out_work: torch.Tensor, models: Models):
         from .check import Checker
@@ -420,61 +297,9 @@ class Protector:
             self._checker = Checker(self.device, judge=judge, detector=models.detector if models.specs["detector"] == "mtcnn" else None)
         if models.detector is None:  # no detector (tests): the check needs faces, skip it
             return None
-        return self._checker.check(x_work, out_work, models.face, models.autoencoder)
+        return self._checker.check(x_work, out_work, models.recognizer, models.autoencoder)
 
     __call__ = protect
-
-    def _protect_photo(self, x: torch.Tensor, info, rest: str, call: dict) -> ProtectionResult | None:
-        """Faces first (see :mod:`imguard.photo`); None when the photo has no face."""
-        import warnings
-
-        from .photo import compose, face_regions
-
-        t0 = time.perf_counter()
-        strength = call["strength"] if call["strength"] is not None else (self.strength if call["method"] is None else None)
-        detector = self.models_for(strength).detector
-        if detector is None or not hasattr(detector, "detect_all"):
-            return None
-        regions = face_regions(x.to(self.device), detector)
-        label = (call.get("names") or ["the photo"])[0]
-        if not regions:
-            warnings.warn(f"imguard: no face found in {label}; protecting the whole photo", stacklevel=4)
-            return None
-        if len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * x.shape[-2] * x.shape[-1]:
-            return None  # a portrait: the face region is most of the photo, protected as a whole it is the crop
-        face_results = []
-        for r in regions:
-            crop = x[..., r.y0 : r.y1, r.x0 : r.x1]
-            face_results.append((r, self.protect(crop, return_result=True, faces_first=False, **call)))
-        if rest == "protect":
-            whole = self.protect(x, return_result=True, faces_first=False, **call)
-            rest_img = whole.image
-        else:
-            whole, rest_img = None, x
-        first = face_results[0][1]
-        budget = Budget(first.eps, first.norm)
-        if first.options.get("budget") == "jnd":
-            budget = perceptual_budget(x, first.eps, float(first.options["jnd_scale"]))
-        out = compose(x, rest_img, [(r, res.image) for r, res in face_results], budget)
-        achieved = budget.measure(out - x)
-        if not bool((achieved <= budget.eps + 1e-3).all()):
-            raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded in the composed photo ({achieved.tolist()})")
-        ref = whole or first
-        return ProtectionResult(
-            image=from_tensor(out, info), method=first.method, eps=first.eps, norm=first.norm,
-            achieved=[float(a) for a in achieved], steps=first.steps, seed=first.seed,
-            working_size=first.working_size, models=first.models, loss_history=ref.loss_history,
-            initial_loss=ref.initial_loss, final_loss=ref.final_loss, seconds=time.perf_counter() - t0,
-            options={**first.options, "faces_first": len(regions), "rest": rest}, strength=first.strength,
-            maximize=first.maximize,
-            check=[res.check[0] for _, res in face_results if res.check] or None,
-            visibility=_visibility(x, out, resize_image(x, first.working_size), resize_image(out.float(), first.working_size)),
-            steps_run=ref.steps_run,
-            # the largest face's (what the bar showed for it); each face's is in its own result
-            initial_similarity=first.initial_similarity, similarity=first.similarity,
-            faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
-                    "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
-        )
 
     def protect_many(self, images: Sequence[Any], *, batch_size: int = 8, errors: str = "raise",
                      names: Sequence[str] | None = None, **kwargs: Any) -> list:
@@ -511,129 +336,58 @@ class Protector:
                 failed(i, e)
                 continue
             groups.setdefault(tuple(loaded[i][0].shape[-3:]), []).append(i)
+
+        def done(i: int, one: torch.Tensor) -> None:
+            out[i] = from_tensor(one, loaded[i][1])
+
         for idx in groups.values():
             for s in range(0, len(idx), batch_size):
                 chunk = idx[s : s + batch_size]
-                try:
-                    prot = self.protect(torch.cat([loaded[i][0] for i in chunk]), names=[label[i] for i in chunk], **kwargs)
-                except Exception as e:  # noqa: BLE001 - retried one by one
-                    if len(chunk) == 1:
-                        failed(chunk[0], e)
-                        continue
-                    prot = None
-                for j, i in enumerate(chunk):
-                    if prot is None:
-                        try:
-                            one = self.protect(loaded[i][0], names=[label[i]], **kwargs)
-                        except Exception as e:  # noqa: BLE001
-                            failed(i, e)
-                            continue
-                    else:
-                        one = prot[j : j + 1]
-                    out[i] = from_tensor(one, loaded[i][1])
+                batch_then_singly(
+                    chunk,
+                    lambda c: list(self.protect(torch.cat([loaded[i][0] for i in c]), names=[label[i] for i in c], **kwargs).split(1)),
+                    lambda i: self.protect(loaded[i][0], names=[label[i]], **kwargs),
+                    done, failed,
+                )
         return out
 
 
-def _budget_of(opts: dict) -> Budget:
-    """The plain budget of a method's options (the perceptual map is added per image)."""
-    from .budget import BUDGETS
+def _margin_stop(m, ctx, opts: dict, steps: int):
+    """The ``stop_margin`` early stop: checked every ``stop_every`` steps once the identity
+    term is on (before that the attacked models are not being fooled yet)."""
+    margin = opts.get("stop_margin")
+    if margin is None:
+        return None
+    if m.fooled is None:
+        raise ValueError(f"stop_margin needs a method that can tell when its models are fooled; {m.name!r} cannot")
+    every = int(opts.get("stop_every") or 5)
+    if every < 1:
+        raise ValueError(f"stop_every must be >= 1, got {every}")
+    start = float(opts.get("fr_start", 0.0)) * steps
 
-    kind = opts.get("budget", "linf")
-    if kind not in BUDGETS:
-        raise ValueError(f"unknown budget {kind!r}; valid: {', '.join(BUDGETS)} "
-                         "('jnd': invisible, the change goes where texture hides it; 'linf': eps everywhere, visible at large eps)")
-    if kind == "jnd" and opts["norm"] != "linf":
-        raise ValueError("budget='jnd' is a per-pixel cap; use it with norm='linf' (or budget='linf' with norm='l2')")
-    return Budget(opts["eps"], opts["norm"])
+    def stop(x_adv, loss, i):
+        if i < start or (i + 1) % every:
+            return torch.zeros(x_adv.shape[0], dtype=torch.bool)
+        return m.fooled(x_adv, ctx, float(margin))
 
-
-#: rows of the native image the JND map is computed on at once (bounded memory for big photos)
-JND_BAND_ROWS = 1024
-
-
-def perceptual_budget(x: torch.Tensor, eps: float, scale: float) -> Budget:
-    """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
-    so a big photo never needs more than a band's worth of temporaries."""
-    H = x.shape[-2]
-    if H <= JND_BAND_ROWS:
-        return Budget.perceptual(x, eps, scale)
-    from .budget import with_psnr_floor
-
-    halo = 4
-    maps, weights = [], []
-    for r0 in range(0, H, JND_BAND_ROWS):
-        r1 = min(H, r0 + JND_BAND_ROWS)
-        a, b = max(0, r0 - halo), min(H, r1 + halo)
-        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale, psnr_floor=float("-inf"))  # the floor is the whole photo's
-        maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
-        weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
-    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2)), flat_weight=torch.cat(weights, -2))
+    return stop
 
 
-#: the gate enforced with this much to spare (flat, PSNR, SSIM), so rounding never tips a result over
-GATE_MARGIN = {"flat": 0.05, "psnr": 0.3, "ssim": 0.003}
-
-
-def _passes(v) -> bool:
-    from .visibility import GATE
-
-    return (v.flat <= GATE["flat"] - GATE_MARGIN["flat"] and v.psnr >= GATE["psnr"] + GATE_MARGIN["psnr"]
-            and v.ssim >= GATE["ssim"] + GATE_MARGIN["ssim"])
-
-
-def _within_gate(x_native, delta, budget: Budget, mask, out, achieved, tries: int = 7):
-    """``gate=True``: each image whose result fails the visibility gate (with
-    :data:`GATE_MARGIN`) gets its perturbation scaled down, by bisection on the factor, to the
-    largest that passes (visibility at the native size, or at the working size for photos above
-    :data:`VISIBILITY_MAX_PIXELS`)."""
-    from .visibility import measure
-
-    def seen(i, o):
-        a, b = x_native[i : i + 1].float(), o.float().div(255).to(x_native.device)
-        if a.shape[-2] * a.shape[-1] > VISIBILITY_MAX_PIXELS:
-            a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(b, tuple(delta.shape[-2:]))
-        return measure(a, b)[0]
-
-    for i in range(x_native.shape[0]):
-        if _passes(seen(i, out[i : i + 1])):
-            continue
-        bi = budget.sample(i)
-        mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
-        lo, best = 0.0, finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
-        hi = 1.0
-        for _ in range(tries):
-            mid = (lo + hi) / 2
-            cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, bi, mi)
-            if _passes(seen(i, cand[0])):
-                lo, best = mid, cand
-            else:
-                hi = mid
-        out[i : i + 1], achieved[i] = best[0], best[1][0]
-    return out, achieved
-
-
-#: above this many pixels, visibility is measured on the working-size pair (bounded time and memory)
-VISIBILITY_MAX_PIXELS = 16_000_000
-
-
-def _visibility(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor) -> list:
-    """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
-    SSIM and the flat-region change at the native size (at the working size above
-    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size."""
-    from .visibility import _default_lpips, measure
-
-    H, W = x_native.shape[-2:]
-    if H * W <= VISIBILITY_MAX_PIXELS:
-        out01 = out_native.float().div(255) if out_native.dtype == torch.uint8 else out_native.float()
-        seen = measure(x_native.float(), out01.to(x_native.device))
-    else:
-        seen = measure(x_work, out_work)
-    lp = _default_lpips(x_work.device)
-    if lp is not None:
-        with torch.no_grad():
-            for v, d in zip(seen, lp(x_work.float(), out_work.float()).flatten()):
-                v.lpips = float(d)
-    return seen
+def _result(req: ProtectionRequest, image: Any, achieved: torch.Tensor, run: engine.EngineResult, seed: int,
+            size, models: Models, seconds: float, checks, seen, sims) -> ProtectionResult:
+    opts = req.merged()
+    sim0, sim1 = sims
+    return ProtectionResult(
+        image=image, method=req.method, eps=req.budget.eps, norm=req.budget.norm,
+        achieved=[float(a) for a in achieved.cpu()], steps=int(req.engine.steps), seed=seed, working_size=tuple(size),
+        models=models.describe(), loss_history=run.history,
+        initial_loss=[float(v) for v in run.initial_loss.cpu()], final_loss=[float(v) for v in run.final_loss.cpu()],
+        seconds=seconds, options={k: v for k, v in opts.items() if isinstance(v, (int, float, str, bool)) or k == "eot"},
+        strength=req.strength, check=checks, steps_run=[int(v) for v in run.steps_run], maximize=get_method(req.method).maximize,
+        visibility=seen,
+        initial_similarity=[float(v) for v in sim0] if sim1 is not None else None,
+        similarity=[float(v) for v in sim1] if sim1 is not None else None,
+    )
 
 
 def _similarity_to_original(ctx: Any, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor | None:
@@ -661,36 +415,6 @@ def _showing_similarity(stop, ctx: Any, bar: Any, steps: int, amp_dtype: torch.d
         return stop(x_adv, loss, i) if stop is not None else torch.zeros(x_adv.shape[0], dtype=torch.bool)
 
     return wrapped
-
-
-def _margin_stop(m, ctx, opts: dict, steps: int):
-    """The ``stop_margin`` early stop: checked every ``stop_every`` steps once the identity
-    term is on (before that the attacked models are not being fooled yet)."""
-    margin = opts.get("stop_margin")
-    if margin is None:
-        return None
-    if m.fooled is None:
-        raise ValueError(f"stop_margin needs a method that can tell when its models are fooled; {m.name!r} cannot")
-    every = int(opts.get("stop_every") or 5)
-    if every < 1:
-        raise ValueError(f"stop_every must be >= 1, got {every}")
-    start = float(opts.get("fr_start", 0.0)) * steps
-
-    def stop(x_adv, loss, i):
-        if i < start or (i + 1) % every:
-            return torch.zeros(x_adv.shape[0], dtype=torch.bool)
-        return m.fooled(x_adv, ctx, float(margin))
-
-    return stop
-
-
-class ItemError(Exception):
-    """One image of :meth:`Protector.protect_many` failed: which one and why."""
-
-    def __init__(self, index: int, name: str, error: BaseException):
-        self.index, self.name, self.error = index, name, error
-        self.reason = str(error) or type(error).__name__
-        super().__init__(f"image {index} ({name}) failed: {type(error).__name__}: {self.reason}")
 
 
 _DEFAULT_PROTECTORS: dict[tuple, Protector] = {}
@@ -738,8 +462,6 @@ def protect(
             p = Protector(device=dev, vae=vae, face_model=face_model, features=features, working_size=working_size,
                           max_pixels=max_pixels)
             _DEFAULT_PROTECTORS[key] = p
-    if strength is None and method is None:
-        strength = DEFAULT_STRENGTH
     return p.protect(
         image, method=method, strength=strength, eps=eps, steps=steps, seed=seed, mask=mask, progress=progress,
         return_result=return_result, **method_options,

@@ -413,3 +413,26 @@ def _finalize_whole(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: 
     if mask is not None:
         q = torch.where(mask.to(delta.device).expand_as(q) > 0, q, quantize(xd, xd, budget))
     return (q * 255.0).round_().to(torch.uint8).to(x.device), budget.measure(q - xd)
+
+
+#: rows of the native image the JND map is computed on at once (bounded memory for big photos)
+JND_BAND_ROWS = 1024
+
+
+def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows: int | None = None) -> Budget:
+    """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
+    so a big photo never needs more than a band's worth of temporaries; the PSNR floor is the
+    whole photo's."""
+    rows = band_rows or JND_BAND_ROWS
+    H = x.shape[-2]
+    if H <= rows:
+        return Budget.perceptual(x, eps, scale)
+    halo = 4
+    maps, weights = [], []
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        a, b = max(0, r0 - halo), min(H, r1 + halo)
+        band = Budget.perceptual(x[..., a:b, :].float(), eps, scale, psnr_floor=float("-inf"))
+        maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
+        weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
+    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2)), flat_weight=torch.cat(weights, -2))

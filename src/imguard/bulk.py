@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .io import IMAGE_SUFFIXES, ImageReadError
+from .result import batch_then_singly
 
 MANIFEST_NAME = "imguard-manifest.jsonl"
 
@@ -396,33 +397,23 @@ class Runner:
             return
         for job, *_ in loaded:
             self._record(job, "started")
-        if len(loaded) > 1:
-            try:
-                res = self._protect(torch.cat([x for _, _, x, _ in loaded]), [j for j, *_ in loaded])
-            except FatalError:
-                raise
-            except Exception:  # noqa: BLE001 - one bad file must not take its batch mates down
-                res = None
-            if res is not None:
-                for k, item in enumerate(loaded):
-                    self._finish(item, res, k, len(loaded))
-                    if self.stop:
-                        return
-                return
-        for item in loaded:
-            job, img, _, _ = item
-            try:  # one file: the image itself, so the result comes back 8-bit (no full-size float copy)
-                res = self._protect(img, [job])
-            except FatalError:
-                raise
-            except Exception as e:  # noqa: BLE001 - reported per file, the rest go on
-                self.fail(job, e)
-                if self.stop:
-                    return
-                continue
-            self._finish(item, res, 0, 1)
-            if self.stop:
-                return
+
+        def finished(item, r) -> bool:
+            self._finish(item, *r)
+            return self.stop
+
+        def failed(item, e: BaseException) -> bool:
+            self.fail(item[0], e)
+            return self.stop
+
+        def together(items) -> list:
+            res = self._protect(torch.cat([x for _, _, x, _ in items]), [j for j, *_ in items])
+            return [(res, k, len(items)) for k in range(len(items))]
+
+        def alone(item):  # the image itself, so the result comes back 8-bit (no full-size float copy)
+            return self._protect(item[1], [item[0]]), 0, 1
+
+        batch_then_singly(loaded, together, alone, finished, failed, reraise=(FatalError,))
 
     def _protect(self, x, jobs: list[Job]):
         from .models import ModelLoadError

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import torch
 
-from .models import FaceDetector, ModelLoadError, autoencoders_of, load_autoencoder, load_face_recognizer, members_of
+from .models import FaceDetector, ModelLoadError, ModelSpec, autoencoders_of, load_autoencoder, load_face_recognizer, members_of
 
 __all__ = ["CHECK_AUTOENCODER", "JUDGE_ORDER", "ProtectionCheck", "Checker"]
 
@@ -48,9 +48,10 @@ class ProtectionCheck:
                 f"({'attacked' if self.autoencoder_attacked else 'not attacked'})")
 
 
-def _names(model: Any) -> set[str]:
+def _labels(model: Any) -> set[str]:
+    """The labels (:attr:`ModelSpec.label`) of a model's members."""
     members, _ = members_of(model)
-    return {str(getattr(m, "name", "")).split(":")[0] for m in members}
+    return {ModelSpec.of(m).label for m in members}
 
 
 class Checker:
@@ -61,7 +62,7 @@ class Checker:
         self.judge_spec = judge
         self.detector = detector
         self._judges: dict[frozenset, Any] = {}
-        self._ae = None
+        self._autoencoder = None
 
     def _judge_for(self, attacked: set[str]):
         key = frozenset(attacked)
@@ -90,21 +91,21 @@ class Checker:
         """Checks for a batch: ``original`` and ``protected`` [B,3,H,W] in [0,1] (H, W multiples of 8)."""
         from .metrics import IdentityMetric
 
-        attacked = _names(face_model)
+        attacked = _labels(face_model)
         judge = self._judge_for(attacked)
         judge_name = str(getattr(judge, "name", "?"))
-        if self._ae is None:
-            self._ae = load_autoencoder(CHECK_AUTOENCODER, self.device)
-        ae_attacked = any(str(getattr(a, "name", "")) == CHECK_AUTOENCODER for a in autoencoders_of(vae))
+        if self._autoencoder is None:
+            self._autoencoder = load_autoencoder(CHECK_AUTOENCODER, self.device)
+        ae_attacked = any(ModelSpec.of(a).same_as(CHECK_AUTOENCODER) for a in autoencoders_of(vae))
         if self.detector is None:
             self.detector = FaceDetector(self.device)
         metric = IdentityMetric(judge, self.detector)
         with torch.no_grad():
             ref, had_face = metric.embed(original.to(self.device))
-            trip = self._ae.decode(self._ae.encode(protected.to(self.device))).clamp(0, 1)
+            trip = self._autoencoder.decode(self._autoencoder.encode(protected.to(self.device))).clamp(0, 1)
             sim, _ = metric.similarity(ref, trip)
         out = []
-        short = judge_name.split(":")[0]
+        short = ModelSpec.of(judge_name).label
         for s, face in zip(sim.tolist(), had_face.tolist()):
             ok = s == s  # not NaN
             out.append(ProtectionCheck(

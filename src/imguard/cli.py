@@ -41,15 +41,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     Raises UsageError for options that cannot work, before any file is touched."""
     from . import __version__
     from .api import _check_working_size
-    from .budget import Budget
     from .bulk import UsageError
-    from .methods import get_method
-    from .presets import DEFAULT_STRENGTH, get_preset
+    from .request import resolve
 
     try:
-        strength = args.strength if args.strength is not None else (None if args.method else DEFAULT_STRENGTH)
-        preset = get_preset(strength) if strength else None
-        method = get_method(args.method or preset.method).name
         if args.working_size < 0:
             raise ValueError(f"--working-size must be >= 0 (0 = native size), got {args.working_size}")
         working_size = None if args.working_size == 0 else args.working_size
@@ -63,25 +58,19 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
             options["grad_repeats"] = args.grad_repeats
         if args.require_face:
             options["require_face"] = True
-        preset_opts = dict(preset.options) if preset and preset.method == method else {}
-        opts = get_method(method).options(**{**preset_opts, **options, "eps": args.eps, "steps": args.steps})
-        args.resolved_steps = int(opts["steps"])
-        Budget(opts["eps"], opts["norm"])
-        if args.eot:
-            from .transforms import get_eot
-
-            get_eot(args.eot)
+        req = resolve(method=args.method, strength=args.strength, eps=args.eps, steps=args.steps,
+                      vae=args.vae, face_model=args.face_model, **options)
+        args.resolved_steps = int(req.engine.steps)
     except (ValueError, TypeError, KeyError) as e:
         raise UsageError(str(e).strip("'\"")) from e
     settings = {
-        "imguard": __version__, "method": method, "strength": strength if preset_opts else None,
+        "imguard": __version__, "method": req.method, "strength": req.strength,
         "eps": args.eps, "steps": args.steps, "seed": args.seed, "vae": args.vae, "face_model": args.face_model,
         "features": args.features, "working_size": working_size, "format": args.format,
         "keep_metadata": args.keep_metadata, "require_face": args.require_face, **options,
+        "request": req.as_dict(),
     }
-    kwargs = {"eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
-    if args.method and args.strength:  # both named: the preset applies when it is that method's
-        kwargs.update(method=method, strength=strength)
+    kwargs = {"method": req.method, "strength": req.strength, "eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
     return settings, kwargs
 
 
@@ -401,7 +390,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``imguard eval``."""
     from .evaluation import DEFAULT_SIZE
-    from .evaluation import metrics as M
+    from . import metrics as M
     from .evaluation.editor import DEFAULT_EDITOR
 
     g = parser.add_argument_group("inputs")
@@ -513,7 +502,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def eval_main(argv: Sequence[str] | None = None) -> int:
-    """``python -m imguard.evaluate`` (the same as ``imguard eval``)."""
+    """``imguard eval`` on its own (an entry point for scripts)."""
     parser = argparse.ArgumentParser(prog="imguard eval", description="Evaluate protected photos against edit proxies and report identity, fidelity and imperceptibility.")
     add_eval_arguments(parser)
     return run_eval(parser.parse_args(argv))

@@ -28,10 +28,11 @@ import io as _io
 import os
 import struct
 import threading
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -526,7 +527,7 @@ def remove_stale_parts(path: str | os.PathLike) -> list[Path]:
     p = Path(path)
     removed = []
     for part in p.parent.glob(f".{glob.escape(p.name)}.*.part"):
-        pid = part.name[len(p.name) + 2 : -len(".part")]
+        pid = part.name[len(p.name) + 2 : -len(".part")].split(".")[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
             try:
                 part.unlink()
@@ -545,7 +546,6 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: by
         raise FileExistsError(f"{p} exists; refusing to overwrite it (choose another output folder or pass overwrite)")
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.part")
     fmt = _FORMATS.get(p.suffix.lower(), "PNG")
     kwargs: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "WEBP":
@@ -558,17 +558,28 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: by
     img = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
     clean = img.copy()
     clean.info = {}
+    atomic_write(p, lambda tmp: clean.save(tmp, format=fmt, **kwargs))
+    return p
+
+
+def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temporary file beside ``target`` (``.NAME.PID.TOKEN.part``, which
+    :func:`remove_stale_parts` clears when its writer died), fsync it, give it the usual mode
+    of a new file, rename it over ``target`` and make the rename durable."""
+    target = Path(target)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
     try:
-        with open(tmp, "wb") as fh:
-            clean.save(fh, format=fmt, **kwargs)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, p)
+        write(tmp)
+        umask = os.umask(0o022)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file (some writers use 0600)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
-    _fsync_dir(p.parent)
-    return p
+    _fsync_dir(target.parent)
 
 
 # ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .budget import Budget, quantize
 
-__all__ = ["FaceRegion", "face_regions", "feather_mask", "compose"]
+__all__ = ["FaceRegion", "face_regions", "feather_mask", "compose", "protect_photo", "wants_faces_first"]
 
 #: face box widened this much around its centre: the region protected as a portrait crop
 REGION_SCALE = 2.2
@@ -27,6 +27,8 @@ REGION_SCALE = 2.2
 DETECT_LONG_SIDE = 1024
 #: photos whose long side exceeds working size x this are protected faces first
 BIG_PHOTO_FACTOR = 1.25
+#: a photo whose one face region covers at least this share of it is protected as a whole
+PORTRAIT_AREA = 0.5
 
 
 @dataclass
@@ -102,3 +104,67 @@ def compose(x: torch.Tensor, rest: torch.Tensor, faces: list[tuple[FaceRegion, t
         d_face[..., region.y0 : region.y1, region.x0 : region.x1] = crop.float() - x[..., region.y0 : region.y1, region.x0 : region.x1].float()
         delta = m * d_face + (1 - m) * delta
     return quantize(x, (x + budget.project(delta)).clamp(0, 1), budget)
+
+
+def wants_faces_first(x: torch.Tensor, working_size: int | None, needs: tuple, faces_first: bool | str) -> bool:
+    """Faces first for one photo with a face method: always when asked (True), and with
+    "auto" when the photo is larger than the working size."""
+    big = working_size is not None and max(x.shape[-2:]) > working_size * BIG_PHOTO_FACTOR
+    return x.shape[0] == 1 and "face" in needs and (big or faces_first is True)
+
+
+def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detector: Any, call: dict):
+    """Faces first: each face region protected as a crop by ``protector.protect(**call)``, the
+    rest as a whole (``rest="protect"``) or kept, blended (:func:`compose`). A
+    :class:`~imguard.result.ProtectionResult`, or None when the photo has no face (or is a
+    portrait, whose face region is most of it): then the photo is protected as a whole."""
+    import time
+    import warnings
+
+    t0 = time.perf_counter()
+    if detector is None or not hasattr(detector, "detect_all"):
+        return None
+    regions = face_regions(x.to(protector.device), detector)
+    if not regions:
+        label = (call.get("names") or ["the photo"])[0]
+        warnings.warn(f"imguard: no face found in {label}; protecting the whole photo", stacklevel=4)
+        return None
+    if len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * x.shape[-2] * x.shape[-1]:
+        return None  # a portrait: the face region is most of the photo, protected as a whole it is the crop
+    face_results = [(r, protector.protect(x[..., r.y0 : r.y1, r.x0 : r.x1], return_result=True, faces_first=False, **call))
+                    for r in regions]
+    whole = protector.protect(x, return_result=True, faces_first=False, **call) if rest == "protect" else None
+    first = face_results[0][1]
+    budget = Budget(first.eps, first.norm)
+    if first.options.get("budget") == "jnd":  # the photo's own perceptual map
+        from .budget import perceptual_budget
+
+        budget = perceptual_budget(x, first.eps, float(first.options["jnd_scale"]))
+    out = compose(x, whole.image if whole is not None else x, [(r, res.image) for r, res in face_results], budget)
+    achieved = budget.measure(out - x)
+    if not bool((achieved <= budget.eps + 1e-3).all()):
+        raise RuntimeError(f"internal error: budget {budget.eps}/255 exceeded in the composed photo ({achieved.tolist()})")
+    return _photo_result(x, out, info, achieved, face_results, whole, rest, time.perf_counter() - t0)
+
+
+def _photo_result(x, out, info, achieved, face_results, whole, rest: str, seconds: float):
+    from dataclasses import replace
+
+    from .io import from_tensor
+
+    from .io import resize_image
+    from .visibility import of_result
+
+    first = face_results[0][1]
+    ref = whole or first
+    size = tuple(first.working_size)
+    return replace(
+        first, image=from_tensor(out, info), achieved=[float(a) for a in achieved], loss_history=ref.loss_history,
+        initial_loss=ref.initial_loss, final_loss=ref.final_loss, seconds=seconds, steps_run=ref.steps_run,
+        options={**first.options, "faces_first": len(face_results), "rest": rest},
+        check=[res.check[0] for _, res in face_results if res.check] or None,
+        visibility=of_result(x, out, resize_image(x, size), resize_image(out.float(), size)),
+        # the largest face's similarity (what the bar showed for it) is first's; each face's is in its own result
+        faces=[{"box": [r.x0, r.y0, r.x1, r.y1], "score": r.score, "working_size": res.working_size,
+                "check": res.check[0].as_dict() if res.check else None} for r, res in face_results],
+    )

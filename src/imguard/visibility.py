@@ -153,3 +153,65 @@ def visibility(original: Any, protected: Any, lpips: bool | Any = True) -> Visib
     metric = _default_lpips(a.device) if lpips is True else (lpips or None)
     out = measure(a, b, metric)
     return out[0] if len(out) == 1 and not (torch.is_tensor(original) and original.dim() == 4) else out
+
+
+# -- what the API does with it ----------------------------------------------------------------
+#: above this many pixels, a result's visibility is measured on the working-size pair (bounded time and memory)
+VISIBILITY_MAX_PIXELS = 16_000_000
+#: the gate enforced with this much to spare (flat, PSNR, SSIM), so rounding never tips a result over
+GATE_MARGIN = {"flat": 0.05, "psnr": 0.3, "ssim": 0.003}
+
+
+def of_result(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor) -> list[Visibility]:
+    """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
+    SSIM and the flat-region change at the native size (at the working size above
+    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size."""
+    H, W = x_native.shape[-2:]
+    if H * W <= VISIBILITY_MAX_PIXELS:
+        out01 = out_native.float().div(255) if out_native.dtype == torch.uint8 else out_native.float()
+        seen = measure(x_native.float(), out01.to(x_native.device))
+    else:
+        seen = measure(x_work, out_work)
+    lp = _default_lpips(x_work.device)
+    if lp is not None:
+        with torch.no_grad():
+            for v, d in zip(seen, lp(x_work.float(), out_work.float()).flatten()):
+                v.lpips = float(d)
+    return seen
+
+
+def passes(v: Visibility) -> bool:
+    """Inside the gate with :data:`GATE_MARGIN` to spare."""
+    return (v.flat <= GATE["flat"] - GATE_MARGIN["flat"] and v.psnr >= GATE["psnr"] + GATE_MARGIN["psnr"]
+            and v.ssim >= GATE["ssim"] + GATE_MARGIN["ssim"])
+
+
+def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
+                tries: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
+    """``gate=True``: each image whose result (``out``, uint8) fails the gate (with
+    :data:`GATE_MARGIN`) gets its perturbation scaled down, by bisection on the factor, to the
+    largest that passes. Returns the new (out, achieved)."""
+    from .budget import finalize
+    from .io import resize_image
+
+    def seen(i: int, o: torch.Tensor) -> Visibility:
+        a, b = x_native[i : i + 1].float(), o.float().div(255).to(x_native.device)
+        if a.shape[-2] * a.shape[-1] > VISIBILITY_MAX_PIXELS:
+            a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(b, tuple(delta.shape[-2:]))
+        return measure(a, b)[0]
+
+    for i in range(x_native.shape[0]):
+        if passes(seen(i, out[i : i + 1])):
+            continue
+        bi = budget.sample(i)
+        mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
+        lo, hi, best = 0.0, 1.0, finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
+        for _ in range(tries):
+            mid = (lo + hi) / 2
+            cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, bi, mi)
+            if passes(seen(i, cand[0])):
+                lo, best = mid, cand
+            else:
+                hi = mid
+        out[i : i + 1], achieved[i] = best[0], best[1][0]
+    return out, achieved

@@ -38,11 +38,12 @@ The package, one job per module: :mod:`~imguard.evaluation.inputs` (pairing by s
 :mod:`~imguard.evaluation.harness` (:func:`evaluate`), :mod:`~imguard.evaluation.report`
 (JSON and Markdown), :mod:`~imguard.evaluation.grids` (PNG grids),
 :mod:`~imguard.evaluation.editor` (the real InstructPix2Pix editor and FaceLock's prompts),
-:mod:`~imguard.evaluation.metrics` (PSNR, SSIM, LPIPS, CLIP-I, identity). The command line
+and :mod:`imguard.metrics` (PSNR, SSIM, LPIPS, CLIP-I, identity; beside the API, whose check uses it). The command line
 (``imguard eval``) lives in :mod:`imguard.cli`.
 """
 
-from . import editor, metrics
+from .. import metrics
+from . import editor
 from .conditions import Condition, Proxy
 from .grids import GRID_LABELS, GRID_TILE, save_grid
 from .harness import evaluate

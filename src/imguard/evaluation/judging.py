@@ -3,30 +3,22 @@
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping
 
 import torch
 
 from .. import metrics as M
+from ..models import ModelSpec
 
 from .inputs import BASELINE
 
-def _norm_model_id(s: Any) -> str:
-    s = str(s).strip()
-    kind, sep, rest = s.partition(":")
-    if sep and kind.lower() in ("taesd", "sface", "facenet") and rest:
-        return f"{kind.lower()}:{os.path.realpath(os.path.expanduser(rest))}"
-    if s.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(s)):
-        return os.path.realpath(os.path.expanduser(s))
-    return s.lower().rstrip("/")
-
 
 def same_model(stated: Any, *candidates: Any) -> bool:
-    """Whether a stated model id names one of ``candidates`` (specs or ``.name``s)."""
-    want = _norm_model_id(stated)
-    return any(c is not None and _norm_model_id(c) == want for c in candidates)
+    """Whether a stated model id names one of ``candidates`` (specs or models), by
+    :meth:`~imguard.models.ModelSpec.same_as`."""
+    want = ModelSpec.of(stated)
+    return any(c is not None and want.same_as(c) for c in candidates)
 
 
 def _parse_attacked(attacked: Any, methods: Iterable[str]) -> dict[str, dict | None]:

@@ -5,6 +5,6 @@ A new method: write ``prepare`` and ``objective``, wrap them in :class:`Method` 
 """
 
 from . import encoder_attacks, facelock  # noqa: F401 - registers the built-in methods
-from .base import ENGINE_OPTIONS, Method, get_method, method_names, register, unregister
+from .base import ENGINE_OPTIONS, Method, Options, get_method, method_names, options_markdown, register, unregister
 
-__all__ = ["ENGINE_OPTIONS", "Method", "get_method", "method_names", "register", "unregister"]
+__all__ = ["ENGINE_OPTIONS", "Method", "Options", "get_method", "method_names", "options_markdown", "register", "unregister"]

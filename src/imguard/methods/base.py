@@ -7,7 +7,7 @@ direction (``maximize``). It never writes its own loop: the engine runs every me
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from typing import Any, Callable
 
 import torch
@@ -18,33 +18,57 @@ ENGINE_OPTIONS = (
     "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "gate",
 )
 
-#: Units of the defaults shared by every method: eps and step_size in /255 pixel units.
-COMMON_DEFAULTS = {
-    "norm": "linf",
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """The options every method has: budget and engine (``eps`` and ``step_size`` in /255
+    pixel units). A method's ``Options`` subclass sets its budget and adds its own options;
+    the defaults live there and nowhere else."""
+
+    eps: float | None = None
+    step_size: float | None = None
+    steps: int | None = None
+    norm: str = "linf"
     # "linf": eps is the only cap (the papers' budget); "jnd": a per-pixel perceptual map under
     # eps, jnd_scale times the just-noticeable difference (see imguard.budget). The strength
     # presets use "jnd"; a method named on its own keeps its paper's plain cap.
-    "budget": "linf",
-    "jnd_scale": 1.0,
+    budget: str = "linf"
+    jnd_scale: float = 1.0
     # gate=True: a result that fails the visibility gate (imguard.visibility.GATE) has its
-    # perturbation scaled down until it passes (the presets set it)
-    "gate": False,
-    "schedule": "constant",
-    "optimizer": "sign",
-    "random_start": True,
-    "grad_repeats": 1,
-    "restarts": 1,
-    "eot": (),  #: expectation over transformation: names from imguard.transforms.eot_names()
+    # perturbation scaled down until it passes
+    gate: bool = False
+    schedule: str = "constant"
+    optimizer: str = "sign"
+    random_start: bool = True
+    grad_repeats: int = 1
+    restarts: int = 1
+    eot: Any = ()  #: expectation over transformation: names from imguard.transforms.eot_names()
     # transfer techniques (see imguard.engine): off by default; the strength presets set them
-    "momentum": 0.0,
-    "ti_kernel": 0,
-    "diversity": 0.0,
-    "lowres": 1,
+    momentum: float = 0.0
+    ti_kernel: int = 0
+    diversity: float = 0.0
+    lowres: int = 1
     # early stop (methods with a ``fooled`` test): a sample stops once every attacked model is
     # fooled by this margin below its threshold, checked every ``stop_every`` steps (None = off)
-    "stop_margin": None,
-    "stop_every": 5,
-}
+    stop_margin: float | None = None
+    stop_every: int = 5
+
+    def as_dict(self) -> dict:
+        """Every option by name (a shallow copy: image targets stay the objects given)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+#: the engine's defaults shared by every method (kept as a dict for plug-ins that read it)
+COMMON_DEFAULTS = {k: v for k, v in Options().as_dict().items() if k not in ("eps", "step_size", "steps")}
+
+
+def options_from_defaults(name: str, defaults: dict) -> type[Options]:
+    """An :class:`Options` subclass from a plug-in's ``defaults`` dict."""
+    spec = []
+    for k, v in defaults.items():
+        hashable = getattr(type(v), "__hash__", None) is not None
+        spec.append((k, Any, field(default=v) if hashable else field(default_factory=lambda v=v: v)))
+    return make_dataclass(f"{name}_Options", spec, bases=(Options,), frozen=True, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -52,26 +76,35 @@ class Method:
     name: str
     description: str
     maximize: bool
-    prepare: Callable[[torch.Tensor, Any, dict], dict]
-    objective: Callable[[torch.Tensor, dict, int, int], torch.Tensor]
+    prepare: Callable[[torch.Tensor, Any, dict], Any]
+    objective: Callable[[torch.Tensor, Any, int, int], torch.Tensor]
+    #: a plug-in's defaults as a dict (built-in methods declare ``options_type`` instead)
     defaults: dict = field(default_factory=dict)
     #: which models it uses: any of "autoencoder", "face", "features"
     needs: tuple = ("autoencoder",)
     #: ``fooled(x_adv, ctx, margin) -> bool[B]``: every attacked model fooled by ``margin``
     #: (what the ``stop_margin`` early stop asks); None where the method has no such test
     fooled: Callable[[torch.Tensor, Any, float], torch.Tensor] | None = None
+    #: the method's :class:`Options` dataclass (its defaults); built from ``defaults`` when not given
+    options_type: type[Options] | None = None
+
+    def __post_init__(self) -> None:
+        if self.options_type is None:
+            object.__setattr__(self, "options_type", options_from_defaults(self.name, self.defaults))
+        elif not self.defaults:
+            object.__setattr__(self, "defaults", {k: v for k, v in self.options_type().as_dict().items()
+                                                  if k not in COMMON_DEFAULTS or v != COMMON_DEFAULTS[k]})
 
     def options(self, **overrides: Any) -> dict:
         """Defaults merged with ``overrides`` (``None`` means 'use the default')."""
-        opts = {**COMMON_DEFAULTS, **self.defaults}
-        unknown = [k for k in overrides if k not in opts and overrides[k] is not None]
+        valid = [f.name for f in fields(self.options_type)]
+        unknown = [k for k in overrides if k not in valid and overrides[k] is not None]
         if unknown:
             raise TypeError(
                 f"method {self.name!r} has no option(s) {', '.join(sorted(unknown))}; "
-                f"its options are: {', '.join(sorted(opts))}"
+                f"its options are: {', '.join(sorted(valid))}"
             )
-        opts.update({k: v for k, v in overrides.items() if v is not None})
-        return opts
+        return self.options_type(**{k: v for k, v in overrides.items() if v is not None}).as_dict()
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -121,3 +154,17 @@ def resize_like(img: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     if img.shape[-2:] != x.shape[-2:]:
         img = torch.nn.functional.interpolate(img, size=x.shape[-2:], mode="bilinear", align_corners=False, antialias=True)
     return img.expand(x.shape[0], -1, -1, -1)
+
+
+def options_markdown() -> str:
+    """The registered methods' defaults as a Markdown table, generated from their
+    :class:`Options` dataclasses (docs/methods.md carries it; a test keeps it current)."""
+    rows = ["| method | direction | eps | step size | steps | schedule | optimizer | models | its own options |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for name in method_names():
+        m = get_method(name)
+        d = m.options()
+        own = ", ".join(f"`{k}={v!r}`" for k, v in d.items() if k not in ENGINE_OPTIONS) or "-"
+        rows.append(f"| `{name}` | {'max' if m.maximize else 'min'} | {d['eps']:g} | {d['step_size']:g} | {d['steps']} "
+                    f"| {d['schedule']} | {d['optimizer']} | {', '.join(m.needs)} | {own} |")
+    return "\n".join(rows) + "\n"

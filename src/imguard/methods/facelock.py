@@ -44,9 +44,40 @@ import torch.nn.functional as F
 from ..models import FaceEmbedder, autoencoders_of, find_faces
 from ..models.features import spatial_mean
 from .base import Method, per_sample_mse, register, resize_like
-from .encoder_attacks import FACELOCK_BUDGET
+from .encoder_attacks import FaceLockBudget
 
 AE_MODES = ("cycle", "mean")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CvlOptions(FaceLockBudget):
+    require_face: bool = False  #: a photo without a detected face is an error (else the whole image is the face)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CvlDOptions(CvlOptions):
+    ae_mode: str = "cycle"  #: autoencoder ensembles: one member per step in turn ("cycle") or all ("mean")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CvlDpOptions(CvlDOptions):
+    lambda_p: float = 1.0  #: weight of the pixel distortion inside the face box
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaceLockOptions(CvlDOptions):
+    lambda_fr: float = 1.0  #: weight of the identity term
+    lambda_fe: float = 1.0  #: weight of the perceptual feature term
+    lambda_l: float = 0.2  #: weight of the latent term
+    fr_start: float = 0.35  #: the identity term is on from this share of the steps
+    fe_start: float = 0.25  #: the feature term is on after this share of the steps
+    lambda_decoy: float = 0.0  #: weight of the pull toward a decoy identity
+    decoy: Any = "batch"  #: "batch", "random" or a face image
+    lambda_direct: float = 0.0  #: weight of the identity term on the protected image itself
+    #: "image": the feature distance and the latent push over the whole photo (the paper's);
+    #: "face": inside the widened face box only (the presets': over the whole photo their
+    #: gradients lie almost all in the background, where they paint swirls; docs/evaluation.md)
+    region: str = "image"
 
 
 @dataclass
@@ -82,17 +113,17 @@ class FaceContext:
         """(member index, latent, reconstruction) for the autoencoders this step uses; the
         reconstruction is None when ``decode`` is False (no term of this step needs it)."""
         n = len(self.autoencoders)
-        idx = range(n) if self.opts.get("ae_mode", "cycle") == "mean" or n == 1 else [step % n]
+        idx = range(n) if self.opts.get("ae_mode", CvlDOptions.ae_mode) == "mean" or n == 1 else [step % n]
         for k in idx:
-            ae = self.autoencoders[k]
-            z = ae.encode(x_adv)
-            yield k, z, (ae.decode(z) if decode else None)
+            autoencoder = self.autoencoders[k]
+            z = autoencoder.encode(x_adv)
+            yield k, z, (autoencoder.decode(z) if decode else None)
 
 
-def _check_differentiable(face) -> None:
-    if getattr(face, "differentiable", True) is False:
+def _check_differentiable(recognizer) -> None:
+    if getattr(recognizer, "differentiable", True) is False:
         raise ValueError(
-            f"face model {getattr(face, 'name', '?')!r} is evaluation-only (no gradients); "
+            f"face model {getattr(recognizer, 'name', '?')!r} is evaluation-only (no gradients); "
             "protect against differentiable recognizers (sface, facenet, mobilefacenet, faceres) and judge with this one"
         )
 
@@ -118,26 +149,26 @@ def _image_decoys(ctx: FaceContext, models, decoy: Any) -> list:
     img = resize_like(img[:1], ctx.x[:1])
     dfaces = find_faces(img, models.detector, names=["the decoy image"])
     with torch.no_grad():
-        emb = FaceEmbedder(models.face, dfaces).embed_all(img)
+        emb = FaceEmbedder(models.recognizer, dfaces).embed_all(img)
     return [e.expand(ctx.x.shape[0], -1) for e in emb]
 
 
 def _face_context(x, models, opts) -> FaceContext:
-    _check_differentiable(models.face)
-    faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", False)), names=opts.get("names"))
-    embedder = FaceEmbedder(models.face, faces)
+    _check_differentiable(models.recognizer)
+    faces = find_faces(x, models.detector, require_face=bool(opts.get("require_face", CvlOptions.require_face)), names=opts.get("names"))
+    embedder = FaceEmbedder(models.recognizer, faces)
     with torch.no_grad():
         emb = embedder.embed_all(x)
     return FaceContext(x=x, faces=faces, embedder=embedder, emb_clean=emb, opts=opts)
 
 
 def _with_autoencoders(ctx: FaceContext, models) -> FaceContext:
-    mode = ctx.opts.get("ae_mode", "cycle")
+    mode = ctx.opts.get("ae_mode", CvlDOptions.ae_mode)
     if mode not in AE_MODES:
         raise ValueError(f"unknown ae_mode {mode!r}; valid: {', '.join(AE_MODES)}")
     ctx.autoencoders = autoencoders_of(models.autoencoder)
     with torch.no_grad():
-        ctx.z_clean = [ae.encode(ctx.x) for ae in ctx.autoencoders]
+        ctx.z_clean = [a.encode(ctx.x) for a in ctx.autoencoders]
     return ctx
 
 
@@ -171,8 +202,8 @@ def _facelock_prepare(x, models, opts):
         if opts.get("cache", True) and hasattr(ctx.features, "targets"):
             with torch.no_grad():
                 ctx.feat_clean = ctx.features.targets(x)
-    if float(opts.get("lambda_decoy", 0.0)) != 0:
-        decoy = opts.get("decoy", "batch")
+    if float(opts.get("lambda_decoy", FaceLockOptions.lambda_decoy)) != 0:
+        decoy = opts.get("decoy", FaceLockOptions.decoy)
         synthetic = isinstance(decoy, str) and decoy in ("batch", "random")
         ctx.emb_decoy = _synthetic_decoys(ctx, decoy) if synthetic else _image_decoys(ctx, models, decoy)
     return ctx
@@ -184,7 +215,7 @@ def _facelock_objective(x_adv, ctx: FaceContext, step, steps):
     n = 0
     direct = 0.0
     fr_on = step >= float(o["fr_start"]) * steps
-    if float(o.get("lambda_direct", 0.0)) and fr_on:
+    if float(o.get("lambda_direct", FaceLockOptions.lambda_direct)) and fr_on:
         direct = -float(o["lambda_direct"]) * ctx.cos_to_clean(x_adv)
     fr_on = fr_on and bool(float(o["lambda_fr"]))
     fe_on = step > float(o["fe_start"]) * steps and ctx.features is not None
@@ -208,8 +239,8 @@ def _facelock_fooled(x_adv, ctx: FaceContext, margin: float) -> torch.Tensor:
     """Every attacked recognizer, after every attacked autoencoder's round trip, puts the face
     at least ``margin`` below its same-person threshold."""
     fooled = torch.ones(x_adv.shape[0], dtype=torch.bool, device=x_adv.device)
-    for ae in ctx.autoencoders:
-        embs = ctx.embedder.embed_all(ae.decode(ae.encode(x_adv)))
+    for autoencoder in ctx.autoencoders:
+        embs = ctx.embedder.embed_all(autoencoder.decode(autoencoder.encode(x_adv)))
         for member, e, ref in zip(ctx.embedder.members, embs, ctx.emb_clean):
             fooled &= (e * ref.to(e.device)).sum(dim=1) < float(member.threshold) - margin
     return fooled
@@ -221,16 +252,7 @@ register(Method(
     maximize=True,
     prepare=_facelock_prepare,
     objective=_facelock_objective,
-    defaults={
-        **FACELOCK_BUDGET,
-        "lambda_fr": 1.0, "lambda_fe": 1.0, "lambda_l": 0.2,
-        "fr_start": 0.35, "fe_start": 0.25, "require_face": False,
-        "lambda_decoy": 0.0, "decoy": "batch", "ae_mode": "cycle", "lambda_direct": 0.0,
-        # "image": the feature distance and the latent push over the whole photo (the paper's);
-        # "face": inside the widened face box only (the presets': over the whole photo their
-        # gradients lie almost all in the background, where they paint swirls; docs/evaluation.md)
-        "region": "image",
-    },
+    options_type=FaceLockOptions,
     needs=("autoencoder", "face", "features"),
     fooled=_facelock_fooled,
 ))
@@ -247,7 +269,7 @@ register(Method(
     maximize=True,
     prepare=_face_context,
     objective=_cvl_objective,
-    defaults={**FACELOCK_BUDGET, "require_face": False},
+    options_type=CvlOptions,
     needs=("face",),
 ))
 
@@ -286,7 +308,7 @@ register(Method(
     maximize=True,
     prepare=_cvl_d_prepare,
     objective=_cvl_d_objective,
-    defaults={**FACELOCK_BUDGET, "require_face": False, "ae_mode": "cycle"},
+    options_type=CvlDOptions,
     needs=("autoencoder", "face"),
 ))
 
@@ -296,6 +318,6 @@ register(Method(
     maximize=True,
     prepare=_cvl_d_prepare,
     objective=_cvl_d_objective,
-    defaults={**FACELOCK_BUDGET, "require_face": False, "lambda_p": 1.0, "ae_mode": "cycle"},
+    options_type=CvlDpOptions,
     needs=("autoencoder", "face"),
 ))

@@ -107,8 +107,13 @@ class Models:
         return self._get("vae", lambda: load_autoencoder(self.specs["vae"], self.device))
 
     @property
+    def recognizer(self):
+        return self._get("recognizer", lambda: load_face_recognizer(self.specs["face_model"], self.device, weights=self.face_weights))
+
+    @property
     def face(self):
-        return self._get("face", lambda: load_face_recognizer(self.specs["face_model"], self.device, weights=self.face_weights))
+        """The recognizer, by the name methods' ``needs`` use (``"face"``)."""
+        return self.recognizer
 
     @property
     def detector(self):
@@ -127,8 +132,8 @@ class Models:
         spec = self.specs["features"]
         if spec == "auto":  # kept for compatibility: the offline choice
             spec = "ae"
-        ae = autoencoders_of(self.autoencoder)[0] if spec == "ae" else None
-        return load_features(spec, autoencoder=ae, device=self.device)
+        autoencoder = autoencoders_of(self.autoencoder)[0] if spec == "ae" else None
+        return load_features(spec, autoencoder=autoencoder, device=self.device)
 
     def load(self, needs: tuple = ("autoencoder", "face", "features")) -> None:
         """Load what ``needs`` names now, and report every model that fails, together."""
@@ -145,7 +150,7 @@ class Models:
     def describe(self) -> dict:
         """Names of the models loaded so far (for reports)."""
         out = {}
-        for key, attr in (("vae", "autoencoder"), ("face", "face"), ("features", "features")):
+        for key, attr in (("vae", "autoencoder"), ("recognizer", "face"), ("features", "features")):
             if key in self._cache:
                 m = self._cache[key]
                 out[attr] = getattr(m, "name", type(m).__name__)

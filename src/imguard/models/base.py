@@ -110,6 +110,42 @@ class ModelSpec:
     def __str__(self) -> str:
         return self.text
 
+    @classmethod
+    def of(cls, model: Any) -> "ModelSpec":
+        """The spec of a spec string or of a loaded model (its ``name``), parsed with every
+        kind imguard knows (recognizers and autoencoders)."""
+        text = model if isinstance(model, str) else str(getattr(model, "name", "") or type(model).__name__)
+        return cls.parse(text, known_kinds())
+
+    @property
+    def label(self) -> str:
+        """Which model this is, in one word: the kind (``mobilefacenet`` for
+        ``mobilefacenet:/path``), else the hub id or folder as written."""
+        return self.kind or (self.path or "").strip().rstrip("/")
+
+    def same_as(self, other: Any) -> bool:
+        """Whether ``other`` (a spec, its text, or a loaded model) names the same model: the
+        same kind and the same weights (paths compared after ``~`` and ``..`` are resolved)."""
+        o = other if isinstance(other, ModelSpec) else ModelSpec.of(other)
+        return self.kind == o.kind and _weights_key(self) == _weights_key(o)
+
+
+def _weights_key(spec: ModelSpec) -> str | None:
+    p = spec.path
+    if p is None:
+        return None
+    if spec.kind or p.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(p)):
+        return os.path.realpath(os.path.expanduser(p))
+    return p.strip().lower().rstrip("/")  # a hub id
+
+
+def known_kinds() -> tuple[str, ...]:
+    """Every model kind a spec may start with (``kind:path``)."""
+    from .autoencoder import AUTOENCODER_KINDS
+    from .recognizers import RECOGNIZERS
+
+    return (*RECOGNIZERS, *AUTOENCODER_KINDS)
+
 
 def split_specs(spec: Any) -> list[Any]:
     """An ensemble spec as a list of members: a comma-separated string or a list/tuple.

@@ -32,13 +32,13 @@ import os
 import shutil
 import tarfile
 import tempfile
-import uuid
 import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from ..io import atomic_write
 from .base import ModelLoadError
 
 __all__ = [
@@ -599,25 +599,5 @@ def _store_copy(source_path: Path, target: Path, check: bool) -> None:
 
 
 def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` into a temporary file beside ``target``, fsync it, rename it over ``target``."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        write(tmp)
-        umask = os.umask(0o022)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # the usual mode of a new file (some writers use 0600)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename durable too (not possible on every platform)
-        dfd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:
-        pass
+    atomic_write(target, write)

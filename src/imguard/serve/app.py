@@ -238,10 +238,12 @@ class Worker:
 
         from ..io import read_image
         from ..methods import get_method
+        from ..result import objective_sign
 
         protector = self.protector
         job.started = time.time()  # the models are loaded: time from here
-        sign = 1.0 if get_method(PRESETS[job.strength].method).maximize else -1.0  # objective: higher = stronger
+        req = job_request(job.strength, job.steps)
+        sign = objective_sign(get_method(req.method).maximize)  # objective: higher = stronger
         for i, (name, upload) in enumerate(zip(job.names, job.uploads)):
             job.image, job.step, job.objective = i, 0, None
             img = read_image(upload, max_pixels=self.limits.max_pixels)
@@ -254,7 +256,7 @@ class Worker:
                 _job.step, _job.steps_total = step + 1, steps
                 _job.objective = sign * float(loss[0])
 
-            res = protector.protect(img, strength=job.strength, steps=job.steps, seed=job.seed,
+            res = protector.protect(img, method=req.method, strength=req.strength, steps=job.steps, seed=job.seed,
                                     callback=progress, return_result=True)
             out = res.image
             stem = Path(safe_filename(name, f"image{i + 1}")).stem
@@ -279,6 +281,13 @@ class Worker:
                 "check": [{**c.as_dict(), "line": c.line()} for c in checks],
                 "visibility": res.visibility[0].as_dict() if res.visibility else None,
             })
+
+
+def job_request(strength: str, steps: int | None):
+    """The request of a job of the page: a strength and optional steps (:func:`imguard.request.resolve`)."""
+    from ..request import resolve
+
+    return resolve(strength=strength, steps=steps)
 
 
 _BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")

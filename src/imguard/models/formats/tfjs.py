@@ -51,6 +51,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._tf import same_pads
+
 __all__ = [
     "SPEC_FORMAT",
     "GraphModule",
@@ -651,20 +653,12 @@ def lower_tfjs(graph: TfjsGraph, outputs: Sequence[str], fold: bool = True) -> t
 # --------------------------------------------------------------------------------------
 # Running a spec with torch
 # --------------------------------------------------------------------------------------
-def _same_pads(size: int, k: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TF's SAME padding (before, after) along one axis: the odd pixel goes after."""
-    eff = (k - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + eff - size, 0)
-    return total // 2, total - total // 2
-
-
 def _pads_2d(pad: Any, h: int, w: int, k: Sequence[int], stride: Sequence[int], dilation: Sequence[int]) -> list[int]:
     """[top, bottom, left, right]."""
     if pad == "VALID":
         return [0, 0, 0, 0]
     if pad == "SAME":
-        return [*_same_pads(h, k[0], stride[0], dilation[0]), *_same_pads(w, k[1], stride[1], dilation[1])]
+        return [*same_pads(h, k[0], stride[0], dilation[0]), *same_pads(w, k[1], stride[1], dilation[1])]
     return [int(p) for p in pad]
 
 

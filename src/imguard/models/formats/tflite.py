@@ -45,6 +45,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._tf import same_pads
+
 __all__ = [
     "PROGRAM_FORMAT",
     "SUPPORTED_OPS",
@@ -474,21 +476,13 @@ def _activation(x: torch.Tensor, act: str | None) -> torch.Tensor:
     raise ValueError(f"unknown activation {act!r}")
 
 
-def _same_pads(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's SAME padding along one axis: (before, after); the odd one out goes after."""
-    extent = (kernel - 1) * dilation + 1
-    out = -(-size // stride)
-    total = max((out - 1) * stride + extent - size, 0)
-    return total // 2, total - total // 2
-
-
 def _conv2d(op: dict, x, w, b=None):
     sh, sw = op["stride"]
     dh, dw = op["dilation"]
     padding: Any = 0
     if op["padding"] == "SAME":
-        top, bottom = _same_pads(x.shape[2], w.shape[2], sh, dh)
-        left, right = _same_pads(x.shape[3], w.shape[3], sw, dw)
+        top, bottom = same_pads(x.shape[2], w.shape[2], sh, dh)
+        left, right = same_pads(x.shape[3], w.shape[3], sw, dw)
         if top == bottom and left == right:
             padding = (top, left)
         else:

@@ -1,0 +1,80 @@
+"""Fixed-seed protections whose output bytes are recorded (``reference_outputs.json``):
+restructuring the code must leave them bit-identical. CPU, fp32, one thread, tiny models.
+
+``python tests/reference_cases.py`` (from the repository root, ``PYTHONPATH=src``) rewrites
+the JSON; only do that when a change of results is intended and said so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+RECORD = HERE / "reference_outputs.json"
+STEPS = 3
+
+
+def cases() -> list[tuple[str, dict]]:
+    """(name, protect() keyword arguments): every strength and every registered method."""
+    import imguard
+
+    out = [(f"strength={s}", {"strength": s}) for s in ("low", "medium", "high")]
+    out += [(f"method={m}", {"method": m}) for m in imguard.methods()]
+    out.append(("method=facelock,strength=high", {"method": "facelock", "strength": "high"}))
+    out.append(("method=photoguard,strength=high", {"method": "photoguard", "strength": "high"}))
+    return out
+
+
+def image(batch: int = 1) -> np.ndarray:
+    g = np.random.default_rng(7)
+    return g.integers(0, 256, size=(batch, 64, 64, 3), dtype=np.uint8)
+
+
+def protector(tiny_models):
+    from imguard import Protector
+
+    return Protector("facelock", device="cpu", models=tiny_models, working_size=64, precision="fp32", check=False)
+
+
+def digest(p, kwargs: dict, batch: int = 1) -> str:
+    img = image(batch)
+    x = img[0] if batch == 1 else torch.from_numpy(img).permute(0, 3, 1, 2).float().div(255)
+    res = p.protect(x, steps=STEPS, seed=11, return_result=True, **kwargs)
+    out = res.image if isinstance(res.image, np.ndarray) else res.image.numpy()
+    h = hashlib.sha256(np.ascontiguousarray(out).tobytes())
+    h.update(np.asarray(res.final_loss, dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def compute(tiny_models) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p = protector(tiny_models)
+        rec = {name: digest(p, kw) for name, kw in cases()}
+        rec["strength=high,batch=2"] = digest(p, {"strength": "high"}, batch=2)
+        return rec
+    finally:
+        torch.set_num_threads(threads)
+
+
+if __name__ == "__main__":
+    import sys
+    import tempfile
+
+    sys.path.insert(0, str(HERE))
+    from conftest import TinyRecognizer, build_tiny_vae
+
+    from imguard.models import Models
+
+    with tempfile.TemporaryDirectory() as d:
+        build_tiny_vae().save_pretrained(d)
+        models = Models(vae=d, face_model=TinyRecognizer(), features="ae", detector=None)
+        rec = compute(models)
+    RECORD.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    print(json.dumps(rec, indent=1, sort_keys=True))
