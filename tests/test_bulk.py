@@ -105,8 +105,10 @@ def test_30_good_5_bad_gives_30_outputs_and_names_the_5(tmp_path, fast, capsys):
     listed = [line for line in summary if line.startswith("  failed: ")]
     assert sorted(Path(line.split(": ")[1]).name for line in listed) == sorted(bad)
     assert "Traceback" not in cap.err
-    for line in listed:  # each says what was wrong
-        assert len(line.split(": ", 2)[2]) > 10
+    said = [line for line in summary if line.startswith("imguard: failed: ")]
+    assert len(said) == len(bad)  # each failure said once, as it happened, with what was wrong
+    for line in said:
+        assert len(line.split(": ", 3)[3]) > 10
     assert "0 bytes" in cap.err and "boom" in cap.err
 
 
