@@ -171,12 +171,14 @@ def run(
     callback: Callback | None = None,
     seed: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    init: torch.Tensor | None = None,
 ) -> EngineResult:
     """Optimise a perturbation of ``x`` ([B,3,H,W] in [0,1]) for ``objective`` within ``budget``.
 
     ``mask`` ([B or 1, 1 or 3, H, W], values in [0,1]) limits where pixels may change.
     ``early_stop(x_adv, loss, step) -> bool[B]`` freezes the samples it marks as done.
     ``callback(step, steps, loss)`` is called once per step (progress bars, logging).
+    ``init`` ([B,3,H,W], e.g. the fast mode's delta) is the first restart's start instead of a random one.
     """
     cfg = config or EngineConfig()
     cfg.validate()
@@ -227,7 +229,10 @@ def run(
         return constrain(p)
 
     for r in range(int(cfg.restarts)):
-        if lowres > 1:
+        if init is not None and r == 0:
+            p0 = init.detach().to(device=device, dtype=x.dtype)
+            p = budget.project(torch.nn.functional.interpolate(p0, size=low_size, mode="area")) if lowres > 1 else constrain(p0)
+        elif lowres > 1:
             p = budget.project(budget.random_start(x[..., : low_size[0], : low_size[1]], generator=gen)) if cfg.random_start else x.new_zeros(B, 3, *low_size)
         elif cfg.random_start:
             p = constrain(budget.random_start(x, generator=gen))
