@@ -460,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed and faces give the same weights")
     tf.add_argument("--face-model", default="sface,facenet,mobilefacenet,faceres", help="recognizers to attack (default: those of --strength high)")
     tf.add_argument("--vae", default="taesd,taef2", help="autoencoders to attack (default: those of --strength high)")
-    tf.add_argument("--save-every", type=_positive_int, default=10, help="iterations between checkpoints (default 10)")
+    tf.add_argument("--save-every", type=_positive_int, default=5, help="iterations between checkpoints (default 5)")
     tf.add_argument("--no-resume", action="store_true", help="start over even when OUT.ckpt exists")
     tf.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     tf.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the cores this process may use)")

@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     lambda_direct: float = 0.5  #: weight of the recognizers on the protected image itself
     assign_every: int = 2  #: epochs between reassignments
-    save_every: int = 10
+    save_every: int = 5
     face_model: str = "sface,facenet,mobilefacenet,faceres"
     vae: str = "taesd,taef2"
     eot: str = "identity,jpeg,resize,blur"
@@ -62,7 +62,7 @@ class TrainConfig:
 
 def _image_files(faces: Path) -> list[Path]:
     if not faces.is_dir():
-        raise FileNotFoundError(f"--faces {faces} is not a folder; give a folder of face photos (e.g. ../shared/assets/faces/train)")
+        raise ValueError(f"--faces {faces} is not a folder; give a folder of face photos (e.g. ../shared/assets/faces/train)")
     files = sorted(p for p in faces.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTS)}) in {faces}")
@@ -84,6 +84,12 @@ def prepare_faces(files: list[Path], cfg: TrainConfig, detector: Any) -> tuple[t
         frames.append(to_frame(x, torch.from_numpy(m)[None], cfg.size))
         boxes.append(frame_box(face, m))
     return torch.cat(frames).clamp(0, 1), np.stack(boxes)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
 
 
 def _batches(n: int, batch: int, seed: int, epoch: int) -> list[torch.Tensor]:
@@ -120,15 +126,26 @@ def train(
     aes = autoencoders_of(vae if vae is not None and not isinstance(vae, str) else load_autoencoder(vae or cfg.vae, dev))
     det = FaceDetector(dev) if detector == "mtcnn" else detector
     t_prep = time.perf_counter()
-    frames, boxes = prepare_faces(files, cfg, det)
-    frames = frames.to(dev)
+    # the aligned faces and their clean targets, computed once and kept beside the checkpoint
+    data_path = out.with_name(out.name + ".data")
+    key = {"files": [p.name for p in files], "size": cfg.size, "margin": cfg.margin, "load_size": cfg.load_size,
+           "eps": cfg.eps, "face_model": cfg.face_model, "vae": cfg.vae}
+    data = torch.load(data_path, map_location=dev, weights_only=False) if resume and data_path.is_file() else None
+    if data is None or data["key"] != key or isinstance(face_model, torch.nn.Module):
+        frames, boxes = prepare_faces(files, cfg, det)
+        frames = frames.to(dev)
+        budget_all = Budget.perceptual(frames, cfg.eps)
+        with torch.no_grad():
+            clean = frame_embedder(recognizer, list(boxes), cfg.size, cfg.margin).embed_all(frames)
+            z_clean = [ae.encode(frames).float() for ae in aes]
+        data = {"key": key, "frames": frames, "boxes": boxes, "radius": budget_all.radius_map,
+                "flat": budget_all.flat_weight, "clean": clean, "z_clean": z_clean}
+        if not isinstance(face_model, torch.nn.Module):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(data, data_path)
+    frames, boxes, radius, flat = data["frames"], data["boxes"], data["radius"], data["flat"]
+    clean, z_clean = data["clean"], data["z_clean"]
     n = frames.shape[0]
-    budget_all = Budget.perceptual(frames, cfg.eps)
-    radius, flat = budget_all.radius_map, budget_all.flat_weight
-    with torch.no_grad():
-        emb_all = frame_embedder(recognizer, list(boxes), cfg.size, cfg.margin)
-        clean = emb_all.embed_all(frames)
-        z_clean = [ae.encode(frames).float() for ae in aes]
     log(f"train-fast: {n} faces from {faces} aligned into a {cfg.size} px frame ({time.perf_counter() - t_prep:.1f}s)")
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -196,6 +213,12 @@ def train(
         bar = tqdm(total=cfg.iterations, initial=state["iteration"], desc="train-fast", unit="it")
     t_start = time.perf_counter()
     seconds0 = state["seconds"]
+    import signal
+
+    def _stop(signum, frame):  # a kill (SIGTERM, e.g. from `timeout`) saves before it exits
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _stop) if threading_main() else None
     try:
         while state["iteration"] < cfg.iterations:
             it = state["iteration"]
@@ -225,9 +248,15 @@ def train(
             if minutes is not None and time.perf_counter() - t_start > minutes * 60:
                 log(f"train-fast: time box of {minutes:g} min reached at iteration {state['iteration']}; rerun to resume")
                 break
+    except KeyboardInterrupt:
+        save()
+        log(f"train-fast: stopped at iteration {state['iteration']}; saved {ckpt_path}, rerun to resume")
+        raise
     finally:
         if bar is not None:
             bar.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     w = save()
     recent = state["history"][-per_epoch:]
     log(f"train-fast: iteration {state['iteration']}/{cfg.iterations}, mean loss of the last epoch "
