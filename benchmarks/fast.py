@@ -52,10 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("--configs", default="fast,fast+refine10")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--out", default="bench/fast")
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
-    dev = torch.device("cpu")
+    dev = torch.device(args.device)
 
     items = []
     for p in sorted(Path(args.faces).glob("*.png"))[: args.limit]:
@@ -87,7 +88,10 @@ def main(argv=None) -> int:
         for kind, stem, x in items:
             t0 = time.perf_counter()
             out = p.protect(x, seed=args.seed, **opts)
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
             secs = time.perf_counter() - t0
+            x, out = x.to(dev), out.to(dev)
             ref = embed(x)
             row = {"config": text, "kind": kind, "image": stem, "size": list(x.shape[-2:]), "seconds": round(secs, 3)}
             for cname, img in (("taesd", trip(out)), ("jpeg75->taesd", trip(jpeg_pil(out, 75)))):
