@@ -214,6 +214,11 @@ class Protector:
         the photo (see :mod:`imguard.photo`); the rest of the photo is protected as a whole
         (``rest="protect"``) or left as it is (``rest="keep"``).
         """
+        if (strength if strength is not None else (self.strength if method is None else None)) == "fast":
+            from .fast.protect import protect_fast  # the pre-trained mode: no optimisation unless refine=N
+
+            return protect_fast(self, image, eps=eps, steps=steps, seed=seed, progress=progress, callback=callback,
+                                return_result=return_result, names=names, mask=mask, **method_options)
         _check_faces_first(faces_first, rest)
         req = self.request(method, strength, eps, steps, **method_options)
         x, info = to_tensor(image, name=(names or [None])[0], max_pixels=self.max_pixels)

@@ -58,6 +58,10 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
             options["grad_repeats"] = args.grad_repeats
         if args.require_face:
             options["require_face"] = True
+        if args.refine is not None and args.strength != "fast":
+            raise ValueError("--refine N continues the fast mode: use it with --strength fast (or give --steps to the other strengths)")
+        if args.strength == "fast" and args.steps is not None:
+            raise ValueError("--strength fast does not optimise; give --refine N for N optimisation steps from its start")
         req = resolve(method=args.method, strength=args.strength, eps=args.eps, steps=args.steps,
                       vae=args.vae, face_model=args.face_model, **options)
         args.resolved_steps = int(req.engine.steps)
@@ -71,6 +75,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         "request": req.as_dict(),
     }
     kwargs = {"method": req.method, "strength": req.strength, "eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
+    if req.strength == "fast":
+        settings["refine"] = kwargs["refine"] = args.refine or 0
     return settings, kwargs
 
 
@@ -197,6 +203,10 @@ def _cmd_protect(args: argparse.Namespace) -> int:
     from .bulk import FatalError, Manifest, RunOptions, Runner, UsageError, check_output_dir, expand_inputs, plan
     from .models import ModelLoadError
 
+    from .runtime import set_threads
+
+    set_threads(args.threads)
+
     _check_ray_args(args)
     if args.example:
         from .samples import EXAMPLE
@@ -278,6 +288,18 @@ def _protect_summary(report, args: argparse.Namespace) -> int:
     if report.failed and args.fail_fast:
         print("imguard: stopped at the first failure (--fail-fast); run the same command again to go on", file=sys.stderr)
     return 1 if report.failed else 0
+
+
+def _cmd_train_fast(args: argparse.Namespace) -> int:
+    from .fast.train import TrainConfig, train
+    from .runtime import set_threads
+
+    set_threads(args.threads)
+    cfg = TrainConfig(k=args.k, size=args.size, batch=args.batch, lr=args.lr, eps=args.eps, seed=args.seed,
+                      iterations=args.iterations, face_model=args.face_model, vae=args.vae, save_every=args.save_every)
+    train(args.faces, args.out, cfg, device=args.device, resume=not args.no_resume, minutes=args.minutes,
+          progress=not args.quiet)
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -543,8 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", action="store_true", help="also protect the bundled sample portrait (NASA, public domain): a first run needs no photo")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing; a folder, not a file name)")
     p.add_argument("-r", "--recursive", action="store_true", help="also protect the images in subfolders (the tree is mirrored under OUT_DIR)")
-    p.add_argument("--strength", default=None, choices=["low", "medium", "high"],
-                   help="a preset of models, budget, steps and transfer techniques (default: medium when no --method is given)")
+    p.add_argument("--strength", default=None, choices=["low", "medium", "high", "fast"],
+                   help="a preset of models, budget, steps and transfer techniques (default: medium when no --method is given); "
+                   "fast: pre-trained perturbations, about a second a photo")
+    p.add_argument("--refine", type=_positive_int, default=None, metavar="N",
+                   help="with --strength fast: N optimisation steps from the pre-trained start (stronger, slower)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads torch may use (default: the cores this process may use, from its CPU affinity)")
     p.add_argument("--method", default=None, help="protection method; without --strength it runs with its own defaults (see `imguard methods`)")
     p.add_argument("--eps", type=float, default=None, help="budget in /255 pixel units: each pixel changes by at most eps/255 (default: the preset's or method's)")
     p.add_argument("--steps", type=_positive_int, default=None, help="optimisation steps (default: the preset's or method's; more = stronger and slower)")
@@ -580,6 +607,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or per-file lines (the summary is still printed)")
     p.add_argument("--offline", action="store_true", help="never download: use only cached or local model files (same as IMGUARD_OFFLINE=1)")
     p.set_defaults(func=_cmd_protect)
+
+    tf = sub.add_parser(
+        "train-fast", help="train the perturbations of the fast mode (--strength fast)",
+        description="Train the fast mode's mixture of face perturbations and its tile against the surrogate "
+        "recognizers and autoencoders (with JPEG, resize and blur), on a folder of face photos. Resumable: a "
+        "checkpoint OUT.ckpt is written as it goes, and the same command resumes from it after a kill.",
+    )
+    tf.add_argument("--faces", required=True, metavar="DIR", help="folder of face photos to train on (e.g. ../shared/assets/faces/train)")
+    tf.add_argument("--out", required=True, metavar="FILE", help="the weights file to write (.safetensors; OUT.ckpt beside it)")
+    tf.add_argument("--iterations", type=_positive_int, default=300, help="total iterations (a resumed run continues up to this; default 300)")
+    tf.add_argument("--minutes", type=float, default=None, help="stop (saved, resumable) after this many minutes")
+    tf.add_argument("--k", type=_positive_int, default=4, help="perturbations in the mixture (default 4)")
+    tf.add_argument("--size", type=_positive_int, default=128, help="face frame size in pixels (default 128)")
+    tf.add_argument("--batch", type=_positive_int, default=8, help="faces per iteration (default 8)")
+    tf.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default 0.1)")
+    tf.add_argument("--eps", type=float, default=8.0, help="budget cap in /255 units (default 8)")
+    tf.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed and faces give the same weights")
+    tf.add_argument("--face-model", default="sface,facenet,mobilefacenet,faceres", help="recognizers to attack (default: those of --strength high)")
+    tf.add_argument("--vae", default="taesd,taef2", help="autoencoders to attack (default: those of --strength high)")
+    tf.add_argument("--save-every", type=_positive_int, default=5, help="iterations between checkpoints (default 5)")
+    tf.add_argument("--no-resume", action="store_true", help="start over even when OUT.ckpt exists")
+    tf.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    tf.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the cores this process may use)")
+    tf.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    tf.set_defaults(func=_cmd_train_fast)
 
     m = sub.add_parser("methods", help="list protection methods and their defaults", description="List protection methods and their defaults (budgets in /255 units).")
     m.set_defaults(func=_cmd_methods)

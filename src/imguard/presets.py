@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_STRENGTH", "INVISIBLE", "PRESETS", "Preset", "get_preset", "preset_names"]
+__all__ = ["DEFAULT_STRENGTH", "FAST", "INVISIBLE", "PRESETS", "STRENGTHS", "Preset", "get_preset", "preset_names",
+           "strength_names"]
 
 #: What makes every preset invisible (docs/evaluation.md, "the gate"): the perceptual budget at
 #: 1.3 times the just-noticeable-difference map under eps, with its PSNR floor of 37 dB (at 1.3
@@ -59,15 +60,29 @@ PRESETS: dict[str, Preset] = {
 
 DEFAULT_STRENGTH = "medium"
 
+#: ``strength="fast"``: no optimisation, the pre-trained perturbations of :mod:`imguard.fast`
+#: (trained against the models of ``high``); ``refine=N`` adds N engine steps from there.
+FAST = Preset(
+    "fast", "about a second: pre-trained perturbations warped onto each face (refine=N adds N optimisation steps)",
+    method="facelock", face_model=PRESETS["high"].face_model, vae=PRESETS["high"].vae,
+    options={**INVISIBLE, "eps": 8},
+)
+#: every strength a user may name: the optimisation presets and ``fast``
+STRENGTHS: dict[str, Preset] = {**PRESETS, "fast": FAST}
+
 
 def preset_names() -> list[str]:
     return list(PRESETS)
+
+
+def strength_names() -> list[str]:
+    return list(STRENGTHS)
 
 
 def get_preset(name: str | Preset) -> Preset:
     if isinstance(name, Preset):
         return name
     try:
-        return PRESETS[str(name).lower()]
+        return STRENGTHS[str(name).lower()]
     except KeyError:
-        raise ValueError(f"unknown strength {name!r}; valid: {', '.join(PRESETS)}") from None
+        raise ValueError(f"unknown strength {name!r}; valid: {', '.join(STRENGTHS)}") from None

@@ -67,3 +67,22 @@ def cpu_has_fast_bf16() -> bool:
 def memory_format_for(device: torch.device, amp_dtype: torch.dtype | None) -> torch.memory_format:
     """The layout for model weights: channels-last where autocast runs, else contiguous."""
     return torch.channels_last if amp_dtype is not None else torch.contiguous_format
+
+
+def default_threads() -> int:
+    """The cores this process may use (its CPU affinity), not every core of the machine."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
+def set_threads(threads: int | None = None) -> int:
+    """torch's intra-op thread count: ``threads``, or the cores this process may use. Returns it."""
+    n = default_threads() if threads is None else int(threads)
+    if n < 1:
+        raise ValueError(f"threads must be >= 1, got {threads!r}")
+    torch.set_num_threads(n)
+    return n

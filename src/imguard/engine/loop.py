@@ -27,12 +27,14 @@ def run(
     callback: Callback | None = None,
     seed: int | None = None,
     amp_dtype: torch.dtype | None = None,
+    init: torch.Tensor | None = None,
 ) -> EngineResult:
     """Optimise a perturbation of ``x`` ([B,3,H,W] in [0,1]) for ``objective`` within ``budget``.
 
     ``mask`` ([B or 1, 1 or 3, H, W], values in [0,1]) limits where pixels may change.
     ``early_stop(x_adv, loss, step) -> bool[B]`` freezes the samples it marks as done.
     ``callback(step, steps, loss)`` is called once per step (progress bars, logging).
+    ``init`` ([B,3,H,W], e.g. the fast mode's delta) is the first restart's start instead of a random one.
     """
     cfg = config or EngineConfig()
     cfg.validate()
@@ -46,17 +48,17 @@ def run(
     for r in range(int(cfg.restarts)):
         param = parameterisation(problem.x, budget, problem.constrain, int(cfg.lowres))
         update = make_update(cfg, budget, problem.sign, param)
-        x_adv, hist, steps_run = _descend(problem, param, update, cfg, gen, early_stop, callback)
+        x_adv, hist, steps_run = _descend(problem, param, update, cfg, gen, early_stop, callback, init if r == 0 else None)
         with torch.no_grad():
             best.keep(r, x_adv, problem.loss(x_adv, cfg.steps), hist, steps_run)
     return best.result(initial_loss)
 
 
 def _descend(problem: "_Problem", param: DeltaParam, update: Update, cfg: EngineConfig, gen: torch.Generator,
-             early_stop: StopFn | None, callback: Callback | None):
-    """One descent from a (random) start: (x_adv, loss history [steps run, B], steps per sample)."""
+             early_stop: StopFn | None, callback: Callback | None, init: torch.Tensor | None = None):
+    """One descent from a (random, or given) start: (x_adv, loss history [steps run, B], steps per sample)."""
     x, B = problem.x, problem.x.shape[0]
-    p = param.start(bool(cfg.random_start), gen)
+    p = param.start(bool(cfg.random_start), gen) if init is None else param.start_from(init)
     x_adv = (x + param.delta(p)).detach()
     update.start(p, x_adv)
     active = torch.ones(B, dtype=torch.bool, device=x.device)

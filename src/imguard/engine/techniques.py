@@ -66,6 +66,10 @@ class DeltaParam:
             return self.constrain(self.budget.random_start(self.x, generator=gen))
         return torch.zeros_like(self.x)
 
+    def start_from(self, init: torch.Tensor) -> torch.Tensor:
+        """The variable for a given start perturbation ``init`` (e.g. the fast mode's), made feasible."""
+        return self.constrain(init.detach().to(device=self.x.device, dtype=self.x.dtype))
+
     def image(self, p: torch.Tensor) -> torch.Tensor:
         """The (differentiable) image the loss sees for variable ``p``."""
         return self.x + p
@@ -90,6 +94,10 @@ class LowResParam(DeltaParam):
         if random_start:
             return self.budget.project(self.budget.random_start(self.x[..., : self.size[0], : self.size[1]], generator=gen))
         return self.x.new_zeros(self.x.shape[0], 3, *self.size)
+
+    def start_from(self, init: torch.Tensor) -> torch.Tensor:
+        p0 = init.detach().to(device=self.x.device, dtype=self.x.dtype)
+        return self.budget.project(torch.nn.functional.interpolate(p0, size=self.size, mode="area"))
 
     def image(self, p: torch.Tensor) -> torch.Tensor:
         return self.x + self.delta(p)

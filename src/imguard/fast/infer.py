@@ -1,0 +1,191 @@
+"""Fast-mode inference: detect the faces once, pick for each the member of the mixture that hides
+it best (one batched pass of the surrogates over the K candidates, in the face frame), warp it
+onto the face with the inverse of its alignment, fill the rest of the photo with the tile, scale
+by the perceptual radius map (<= eps), project, quantize. ``refine`` continues from that start
+with a few steps of the engine (FaceLock against the same surrogates)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..budget import Budget, finalize
+from ..models import Face, FaceDetector, autoencoders_of
+from .frame import frame_box, frame_matrix, frame_region, from_frame, to_frame
+from .model import FastWeights, frame_embedder, identity_loss, load_weights, tile_to, unit_delta
+
+__all__ = ["FastOutput", "FastProtect", "DETECT_SIZE", "REFINE_SIZE", "TILE_REFERENCE"]
+
+#: faces are detected on the photo shrunk to this long side (coordinates mapped back)
+DETECT_SIZE = 640
+#: ``refine`` runs the engine at this long side (the delta is mapped back to the native size)
+REFINE_SIZE = 256
+#: the tile's period is its size at this long side, in proportion above it
+TILE_REFERENCE = 512
+#: the face perturbation fades into the tile over this share of the frame at its border
+FEATHER = 0.12
+
+
+@dataclass
+class FastOutput:
+    """One protected image of the fast mode."""
+
+    image: torch.Tensor  #: uint8 [1,3,H,W]
+    achieved: float  #: max |delta| in /255 on the 8-bit result
+    budget: Budget
+    faces: list = field(default_factory=list)  #: per face: box, the member chosen, its surrogate score per member
+    seconds: float = 0.0
+    refine_steps: int = 0
+    loss_history: torch.Tensor | None = None
+    initial_loss: float = math.nan
+    final_loss: float = math.nan
+
+
+def _feather(size: int, device: torch.device) -> torch.Tensor:
+    """[1,S,S]: 1 inside the frame, falling to 0 at its border."""
+    ramp = torch.linspace(0, 1, size, device=device)
+    edge = torch.minimum(ramp, ramp.flip(0)) / FEATHER
+    e = edge.clamp(max=1.0)
+    return torch.minimum(e[:, None], e[None, :])[None]
+
+
+class FastProtect:
+    """The fast mode with its models loaded once.
+
+    ``face_model``: the recognizers the assignment scores candidates with (a loaded module or
+    ensemble; default: those the weights were trained against); ``vae``: the autoencoder(s),
+    the first one's round trip scores them; ``detector``: MTCNN or an object with ``detect_all``.
+    """
+
+    def __init__(self, weights: Any = None, device: torch.device | str = "cpu", face_model: Any = None,
+                 vae: Any = None, detector: Any = "mtcnn"):
+        from ..models import load_autoencoder, load_face_recognizer
+
+        self.device = torch.device(device)
+        self.weights = weights.to(self.device) if isinstance(weights, FastWeights) else load_weights(weights, self.device)
+        meta = self.weights.meta
+        self.face_model = face_model if face_model is not None else load_face_recognizer(
+            meta.get("face_model", "sface,facenet,mobilefacenet,faceres"), self.device)
+        self.autoencoder = autoencoders_of(vae if vae is not None else load_autoencoder(meta.get("vae", "taesd,taef2"), self.device))[0]
+        self.detector = FaceDetector(self.device, keep_all=True) if detector == "mtcnn" else detector
+
+    # -- the steps -----------------------------------------------------------------------------
+    def detect(self, x: torch.Tensor) -> list[Face]:
+        """Every face of one image [1,3,H,W] (native pixels), largest first."""
+        from ..io import resize_image, working_shape
+
+        if self.detector is None:
+            return []
+        H, W = x.shape[-2:]
+        size = working_shape(H, W, DETECT_SIZE)
+        small = resize_image(x, size) if tuple(size) != (H, W) else x
+        s = np.array([W / size[1], H / size[0]], np.float32)
+        found = self.detector.detect_all(small) if hasattr(self.detector, "detect_all") else [[f] if f else [] for f in self.detector.detect(small)]
+        faces = []
+        for f in found[0]:
+            lm = None if f.landmarks is None else np.asarray(f.landmarks, np.float32) * s
+            faces.append(Face(box=np.asarray(f.box, np.float32) * np.tile(s, 2), landmarks=lm, score=f.score, found=f.found))
+        return [f for f in faces if f.landmarks is not None]
+
+    def assign(self, x: torch.Tensor, faces: list[Face]) -> tuple[list[np.ndarray], list[int], torch.Tensor]:
+        """For each face: its frame matrix, the member of the mixture that hides it best and the
+        surrogate score of every member ([F,K]: mean cosine to the clean face after the round
+        trip; lower is better), from one batched pass over the F*K candidates."""
+        w = self.weights
+        S, K = w.size, w.k
+        mats = [frame_matrix(f, S, w.margin) for f in faces]
+        if not faces:
+            return [], [], torch.zeros(0, K)
+        frames = to_frame(x.expand(len(faces), -1, -1, -1), torch.from_numpy(np.stack(mats)), S).clamp(0, 1)
+        boxes = [frame_box(f, m) for f, m in zip(faces, mats)]
+        if K == 1:
+            return mats, [0] * len(faces), torch.zeros(len(faces), 1)
+        with torch.no_grad():
+            clean = frame_embedder(self.face_model, boxes, S, w.margin).embed_all(frames)
+            cand = frames.repeat_interleave(K, 0)
+            units = w.faces.repeat(len(faces), 1, 1, 1)
+            d, _ = unit_delta(cand, units, float(w.meta.get("eps", 8.0)))
+            xa = (cand + d).clamp(0, 1)
+            recon = self.autoencoder.decode(self.autoencoder.encode(xa))
+            emb = frame_embedder(self.face_model, [b for b in boxes for _ in range(K)], S, w.margin)
+            scores = identity_loss(emb, [c.repeat_interleave(K, 0) for c in clean], recon).view(len(faces), K).cpu()
+        return mats, [int(k) for k in scores.argmin(1)], scores
+
+    def units(self, x: torch.Tensor, mats: list[np.ndarray], ks: list[int]) -> torch.Tensor:
+        """The perturbation in radius units ([1,3,H,W] in [-1,1]): each face's member warped
+        onto it (feathered into the tile), the tile elsewhere."""
+        H, W = x.shape[-2:]
+        w = self.weights
+        period = max(8, int(round(w.tile.shape[-1] * max(1.0, max(H, W) / TILE_REFERENCE))))
+        out = tile_to(w.tile, H, W, period)[None].clone()
+        feather = _feather(w.size, self.device)
+        for m, k in zip(mats, ks):
+            region = frame_region(m, w.size, H, W)
+            if region is None:
+                continue
+            x0, y0, x1, y1 = region
+            warped = from_frame(torch.cat([w.faces[k], feather]), m, region)
+            face_u, cover = warped[:3], warped[3:].clamp(0, 1)
+            out[0, :, y0:y1, x0:x1] = cover * face_u + (1 - cover) * out[0, :, y0:y1, x0:x1]
+        return out.clamp(-1, 1)
+
+    # -- the whole -------------------------------------------------------------------------------
+    def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None) -> FastOutput:
+        """Protect one image [1,3,H,W] in [0,1] (native size)."""
+        from ..budget import perceptual_budget
+
+        if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
+            raise ValueError(f"the fast mode protects one image [1,3,H,W] at a time, got {tuple(x.shape)}")
+        t0 = time.perf_counter()
+        x = x.to(self.device).float()
+        faces = self.detect(x)
+        mats, ks, scores = self.assign(x, faces)
+        u = self.units(x, mats, ks)
+        budget = budget or perceptual_budget(x, eps, 1.0)
+        out, achieved = finalize(x, u * budget.radius_map.to(u.device), budget)
+        info = [{"box": [float(v) for v in f.box], "member": k, "scores": [round(float(s), 4) for s in row]}
+                for f, k, row in zip(faces, ks, scores)]
+        return FastOutput(image=out, achieved=float(achieved.max()), budget=budget, faces=info,
+                          seconds=time.perf_counter() - t0)
+
+    def refine(self, x: torch.Tensor, start: FastOutput, steps: int, models: Any, seed: int = 0,
+               amp_dtype: torch.dtype | None = None, callback: Any = None) -> FastOutput:
+        """``steps`` engine steps of FaceLock (identity through the round trip and on the photo,
+        JPEG EOT, momentum) from the fast result, at :data:`REFINE_SIZE`; ``models``: a
+        :class:`~imguard.models.Models` with the surrogates (those of ``high``)."""
+        from .. import engine
+        from ..io import resize_image, working_shape
+        from ..methods import ENGINE_OPTIONS, get_method
+        from ..transforms import get_eot
+
+        if int(steps) < 1:
+            raise ValueError(f"refine must be a whole number of steps >= 1, got {steps!r}")
+        t0 = time.perf_counter()
+        x = x.to(self.device).float()
+        H, W = x.shape[-2:]
+        size = working_shape(H, W, REFINE_SIZE)
+        xw = resize_image(x, size)
+        start_delta = resize_image(start.image.to(self.device).float().div(255) - x, size)
+        m = get_method("facelock")
+        opts = m.options(lambda_fe=0.0, fr_start=0.0, lambda_direct=0.5, lambda_decoy=0.5, decoy="random", eps=start.budget.eps)
+        prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
+        torch.manual_seed(seed)
+        ctx = m.prepare(xw, models, prep)
+        objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, int(steps)), maximize=m.maximize)
+        cfg = engine.EngineConfig(steps=int(steps), step_size=1.0, momentum=0.9, random_start=False,
+                                  eot=get_eot("jpeg,identity"))
+        res = engine.run(xw, objective, start.budget.resized(tuple(size)).to(self.device), cfg, init=start_delta,
+                         seed=seed, amp_dtype=amp_dtype, callback=callback)
+        # the refined change at the working size replaces the fast one where it moved
+        delta = start.image.to(self.device).float().div(255) - x + F.interpolate(
+            res.delta - start_delta, size=(H, W), mode="bilinear", align_corners=False)
+        out, achieved = finalize(x, delta, start.budget)
+        return FastOutput(image=out, achieved=float(achieved.max()), budget=start.budget, faces=start.faces,
+                          seconds=start.seconds + time.perf_counter() - t0, refine_steps=int(steps),
+                          loss_history=res.history, initial_loss=float(res.initial_loss[0]), final_loss=float(res.final_loss[0]))

@@ -1,0 +1,153 @@
+"""The fast mode (strength="fast"): training mechanics on tiny models, the shipped weights,
+inference on a real face (budget and the invisibility gate), refine, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TinyRecognizer, requires_assets
+from imguard.fast import SHIPPED, load_weights
+from imguard.fast.train import TrainConfig, train
+
+
+def _synthetic_faces(folder, n=4, size=64):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(folder / f"f{i}.png")
+    return folder
+
+
+TINY = dict(k=2, size=32, tile=16, iterations=2, batch=2, save_every=1, load_size=64)
+
+
+def _train(tmp, tiny_models, name, **kw):
+    cfg = TrainConfig(**{**TINY, **kw})
+    return train(tmp / "faces", tmp / name, cfg, face_model=TinyRecognizer(), vae=tiny_models.autoencoder,
+                 detector=None, progress=False, log=lambda s: None)
+
+
+def test_train_tiny_runs_saves_and_is_deterministic(tmp_path, tiny_models):
+    _synthetic_faces(tmp_path / "faces")
+    a = _train(tmp_path, tiny_models, "a.safetensors")
+    b = _train(tmp_path, tiny_models, "b.safetensors")
+    assert a.faces.shape == (2, 3, 32, 32) and a.tile.shape == (3, 16, 16)
+    assert torch.equal(a.faces, b.faces) and torch.equal(a.tile, b.tile)  # same seed, same weights
+    loaded = load_weights(tmp_path / "a.safetensors")
+    assert loaded.k == 2 and loaded.meta["iterations"] == 2
+    assert torch.allclose(loaded.faces, a.faces, atol=1e-3)  # stored as fp16
+    c = _train(tmp_path, tiny_models, "c.safetensors", seed=1)
+    assert not torch.equal(a.faces, c.faces)
+
+
+def test_train_resumes_like_an_unbroken_run(tmp_path, tiny_models):
+    _synthetic_faces(tmp_path / "faces")
+    whole = _train(tmp_path, tiny_models, "whole.safetensors", iterations=4)
+    _train(tmp_path, tiny_models, "parts.safetensors", iterations=2)
+    logs = []
+    parts = train(tmp_path / "faces", tmp_path / "parts.safetensors", TrainConfig(**{**TINY, "iterations": 4}),
+                  face_model=TinyRecognizer(), vae=tiny_models.autoencoder, detector=None, progress=False, log=logs.append)
+    assert any("resumed" in s and "iteration 2" in s for s in logs)
+    assert parts.meta["iterations"] == 4
+    assert torch.allclose(whole.faces, parts.faces, atol=1e-6)
+
+
+def test_train_refuses_a_checkpoint_of_other_settings(tmp_path, tiny_models):
+    _synthetic_faces(tmp_path / "faces")
+    _train(tmp_path, tiny_models, "w.safetensors")
+    with pytest.raises(ValueError, match="other settings"):
+        _train(tmp_path, tiny_models, "w.safetensors", k=3)
+
+
+def test_train_fast_cli_four_faces_two_iterations(tmp_path):
+    from imguard.cli import main
+
+    _synthetic_faces(tmp_path / "faces")
+    out = tmp_path / "w.safetensors"
+    rc = main(["train-fast", "--faces", str(tmp_path / "faces"), "--out", str(out), "--iterations", "2", "--k", "2",
+               "--size", "32", "--batch", "2", "--face-model", "sface", "--vae", "taesd", "--threads", "2", "-q"])
+    assert rc == 0 and out.is_file() and (tmp_path / "w.safetensors.ckpt").is_file()
+    assert load_weights(out).meta["iterations"] == 2
+
+
+def test_train_fast_cli_says_what_is_wrong(tmp_path, capsys):
+    from imguard.cli import main
+
+    rc = main(["train-fast", "--faces", str(tmp_path / "nothing"), "--out", str(tmp_path / "w.safetensors")])
+    assert rc == 1 and "is not a folder" in capsys.readouterr().err
+
+
+def test_shipped_weights_load():
+    w = load_weights()
+    assert SHIPPED.is_file() and SHIPPED.stat().st_size < 5_000_000
+    assert w.k >= 1 and w.faces.shape[1:] == (3, w.size, w.size)
+    assert float(w.faces.abs().max()) <= 1.0 and float(w.tile.abs().max()) <= 1.0
+    assert w.meta["iterations"] > 0 and "sface" in w.meta["face_model"]
+
+
+def test_engine_starts_from_init():
+    from imguard import engine
+    from imguard.budget import Budget
+
+    x = torch.full((1, 3, 16, 16), 0.5)
+    init = torch.full_like(x, 3 / 255)
+    obj = engine.Objective(loss=lambda xa, i: (xa * 0).flatten(1).sum(1), maximize=True)  # zero gradient
+    res = engine.run(x, obj, Budget(8), engine.EngineConfig(steps=1, random_start=False), init=init, seed=0)
+    assert torch.allclose(res.delta, init, atol=1e-6)
+
+
+def test_cli_refine_needs_fast(tmp_path, capsys):
+    from imguard.cli import main
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(img)
+    rc = main(["protect", str(img), "-o", str(tmp_path / "out"), "--strength", "low", "--refine", "3"])
+    assert rc == 2 and "--strength fast" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def fast_protector():
+    from imguard import Protector
+
+    return Protector(strength="fast", device="cpu", check=False)
+
+
+@requires_assets
+def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
+    from imguard.budget import Budget
+    from imguard.io import read_image, to_tensor
+
+    img = Image.open(dev_face).convert("RGB")
+    res = fast_protector.protect(img, return_result=True)
+    x, _ = to_tensor(img)
+    y, _ = to_tensor(res.image)
+    d = y - x
+    assert res.strength == "fast" and max(res.achieved) <= 8 + 1e-3
+    assert float(d.abs().max()) > 0  # it changed something
+    assert Budget.perceptual(x, 8).holds(d, tol=1.01)  # inside the perceptual map (8-bit rounding)
+    assert res.visibility[0].invisible, res.visibility[0].line()
+    assert res.faces and res.faces[0]["member"] in range(load_weights().k)
+    again = fast_protector.protect(img)
+    assert np.array_equal(np.asarray(again), np.asarray(res.image))  # no randomness without refine
+
+
+@requires_assets
+def test_fast_refine_runs_and_is_seeded(dev_face, fast_protector):
+    img = Image.open(dev_face).convert("RGB").resize((128, 128))
+    fast = np.asarray(fast_protector.protect(img)).astype(int)
+    r1 = fast_protector.protect(img, refine=2, seed=5, return_result=True)
+    r2 = fast_protector.protect(img, refine=2, seed=5)
+    assert r1.steps_run == [2] and r1.loss_history.shape[0] == 2
+    assert np.array_equal(np.asarray(r1.image), np.asarray(r2))
+    assert not np.array_equal(np.asarray(r1.image).astype(int), fast)
+    assert max(r1.achieved) <= 8 + 1e-3 and r1.visibility[0].invisible
+
+
+def test_fast_refuses_steps_and_large_eps(fast_protector):
+    with pytest.raises(TypeError, match="refine"):
+        fast_protector.protect(torch.rand(1, 3, 32, 32), steps=5)
+    with pytest.raises(ValueError, match="eps <= 8"):
+        fast_protector.protect(torch.rand(1, 3, 32, 32), eps=12)
