@@ -27,8 +27,9 @@ def test_ci_runs_the_readme_command():
     text = (ROOT / "README.md").read_text()
     block = text.split("<!-- setup-and-test")[1].split("```bash")[1].split("```")[0].strip().splitlines()
     assert "pytest" in block[0] and "pip install" in block[0]
-    # the main job: the default protection (no --method: the medium preset) of a shared face
-    assert block[1].startswith(".venv/bin/imguard protect ../shared/assets/faces/dev/") and "-o out" in block[1]
+    # the main job: the default protection (no --method: the medium preset) of the bundled sample
+    # portrait, so it works in a clone with no ../shared beside it
+    assert block[1].startswith(".venv/bin/imguard protect --example") and "-o out" in block[1]
     assert "--method" not in block[1] and "--strength" not in block[1]
 
 
