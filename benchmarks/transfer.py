@@ -110,17 +110,23 @@ def attacked_names(spec: str) -> set[str]:
     return {s.strip().split(":")[0] for s in spec.split(",")}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parser(doc: str, configs: str) -> argparse.ArgumentParser:
+    """The arguments every face benchmark takes (this one and benchmarks/visibility.py)."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--faces", nargs="+", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--configs", default="facelock-sface-taef2,low,medium,high")
+    ap.add_argument("--configs", default=configs)
     ap.add_argument("--size", type=int, default=256, help="faces are resized to SIZE x SIZE (the working size)")
     ap.add_argument("--steps", type=int, default=None, help="override every configuration's steps")
     ap.add_argument("--limit", type=int, default=None, help="only the first N faces")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default=None)
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = parser(__doc__, "facelock-sface-taef2,low,medium,high")
     ap.add_argument("--judges", default=",".join(JUDGES))
     ap.add_argument("--model-path", action="append", default=[], metavar="NAME=PATH",
                     help="local weights for a recognizer (e.g. facenet=/path/facenet_keras_2024.h5); else the model cache")

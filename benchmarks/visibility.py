@@ -35,7 +35,6 @@ its whole radius (see :func:`saturated`), per face, against the gate.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import platform
@@ -56,7 +55,7 @@ from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_fa
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.transforms import get_purification  # noqa: E402
 from imguard.visibility import GATE, measure  # noqa: E402
-from transfer import attacked_names, kept_dir, load_faces, parse_config  # noqa: E402
+from transfer import attacked_names, kept_dir, load_faces, parse_config, parser  # noqa: E402
 
 CONDITIONS = ("taesd", "jpeg75->taesd", "taef2")
 OFFLINE_JUDGES = ("sface", "facenet", "mobilefacenet", "faceres")
@@ -176,16 +175,7 @@ def main(argv=None) -> int:
             for k, v in explain(Path(sys.argv[2]), region=region).items():
                 print(f"  {k:34s} {v:.2f}")
         return 0
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--faces", nargs="+", type=Path, required=True)
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--configs", default="low,medium,high,high@budget=linf")
-    ap.add_argument("--size", type=int, default=256, help="faces are resized to SIZE x SIZE (the working size)")
-    ap.add_argument("--steps", type=int, default=None, help="override every configuration's steps")
-    ap.add_argument("--limit", type=int, default=None, help="only the first N faces")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--threads", type=int, default=None)
+    ap = parser(__doc__, "low,medium,high,high@budget=linf")
     ap.add_argument("--judges", default=",".join(OFFLINE_JUDGES), help="offline recognizers that judge (when not attacked); dlib's full pipeline always judges")
     args = ap.parse_args(argv)
     if args.threads:

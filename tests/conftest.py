@@ -138,3 +138,27 @@ def _quiet_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("default")
         yield
+
+
+@pytest.fixture
+def bar_postfixes(monkeypatch) -> list[dict]:
+    """Replaces tqdm's bar with one that records what each ``set_postfix`` showed."""
+    import tqdm.auto
+
+    shown: list[dict] = []
+
+    class Bar:
+        def __init__(self, *a, **k):
+            pass
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix(self, **kw):
+            shown.append(kw)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    return shown

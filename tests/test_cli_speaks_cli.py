@@ -90,28 +90,11 @@ def test_methods_into_a_closed_pipe_does_not_raise():
     assert p.returncode in (0, 141)
 
 
-def test_progress_bar_and_summary_show_the_same_objective(tiny_protector, image64, monkeypatch):
+def test_progress_bar_and_summary_show_the_same_objective(tiny_protector, image64, bar_postfixes):
     """photoguard minimises a distance: its objective (what it maximises) is the negated distance,
     in the bar and in the summary alike."""
-    import tqdm.auto
-
-    seen: list[str] = []
-
-    class Bar:
-        def __init__(self, *a, **k):
-            pass
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix(self, **kw):
-            seen.append(kw["objective"])
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
     res = tiny_protector.protect(image64, method="photoguard", steps=4, seed=0, progress=True, return_result=True)
+    seen = [kw["objective"] for kw in bar_postfixes]
     assert not res.maximize and len(seen) == 4
     bar = [float(v) for v in seen]
     np.testing.assert_allclose(bar, res.objective_history[:, 0].numpy(), rtol=1e-3)

@@ -141,25 +141,8 @@ def test_imguard_warnings_print_as_one_line():
     assert "UserWarning" in other  # other libraries' warnings keep their format
 
 
-def test_result_and_bar_show_the_attacked_recognizers_similarity(tiny_models, image64, monkeypatch):
-    import tqdm.auto
-
-    shown: list[dict] = []
-
-    class Bar:
-        def __init__(self, *a, **k):
-            pass
-
-        def update(self, n=1):
-            pass
-
-        def set_postfix(self, **kw):
-            shown.append(kw)
-
-        def close(self):
-            pass
-
-    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+def test_result_and_bar_show_the_attacked_recognizers_similarity(tiny_models, image64, bar_postfixes):
+    shown = bar_postfixes
     p = imguard.Protector("facelock", models=tiny_models, working_size=64, check=False, precision="fp32")
     res = p.protect(image64, eps=8, steps=10, seed=0, return_result=True, progress=True)
     assert res.similarity is not None and res.similarity[0] < res.initial_similarity[0] <= 1.0001
