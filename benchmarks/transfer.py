@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "src"))
 import imguard  # noqa: E402
 from imguard.io import read_image, to_tensor  # noqa: E402
 from imguard.metrics import psnr, ssim  # noqa: E402
+from imguard.visibility import flat_region_change  # noqa: E402
 from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.presets import PRESETS  # noqa: E402
 from imguard.transforms import get_purification  # noqa: E402
@@ -230,6 +231,7 @@ def main(argv=None) -> int:
         entry = {"config": cfg, "attacked_face_models": sorted(attacked), "attacked_vaes": cfg["vae"].split(","),
                  "effective_options": effective, "seconds_per_image": round(sum(secs) / len(secs), 2),
                  "psnr": round(float(psnr(x, xp).mean()), 2), "ssim": round(float(ssim(x, xp).mean()), 4),
+                 "flat_255": round(float(flat_region_change(x, xp)[0].mean()), 3),
                  "linf_255": round(float((xp - x).abs().max() * 255), 2), "rows": judge_all(conditions(xp), attacked)}
         report["configs"].append(entry)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -259,17 +261,18 @@ def to_markdown(report: dict) -> str:
                  "'protected' = the protected photo itself, no autoencoder; '*' = through an autoencoder the "
                  "configuration attacked:")
     lines.append("")
-    lines.append("| config | attacked (recognizers / autoencoders) | unseen judges | " + " | ".join(conds) + " | PSNR | SSIM | s/image |")
-    lines.append("|" + " --- |" * (len(conds) + 6))
+    lines.append("| config | attacked (recognizers / autoencoders) | unseen judges | " + " | ".join(conds) + " | PSNR | SSIM | flat /255 | s/image |")
+    lines.append("|" + " --- |" * (len(conds) + 7))
     all_judges = list(meta["thresholds"])
-    clean_row = ["clean (no protection)", "-", ", ".join(all_judges)] + [_pct(report["clean"], c, all_judges) for c in conds] + ["-", "-", "-"]
+    clean_row = ["clean (no protection)", "-", ", ".join(all_judges)] + [_pct(report["clean"], c, all_judges) for c in conds] + ["-", "-", "-", "-"]
     lines.append("| " + " | ".join(clean_row) + " |")
     for e in report["configs"]:
         unseen = [j for j in all_judges if j not in e["attacked_face_models"]]
         cells = [e["config"]["label"], f"{'+'.join(e['attacked_face_models'])} / {'+'.join(e['attacked_vaes'])}", ", ".join(unseen)]
         # '*': that condition's autoencoder was attacked by the configuration (not an unseen one)
         cells += [_pct(e["rows"], c, unseen) + ("*" if c.split("->")[-1] in e["attacked_vaes"] else "") for c in conds]
-        cells += [f"{e['psnr']:.1f}", f"{e['ssim']:.3f}", f"{e['seconds_per_image']:.0f}"]
+        flat = e.get("flat_255")  # reports before 2026-12-06 have none
+        cells += [f"{e['psnr']:.1f}", f"{e['ssim']:.3f}", "-" if flat is None else f"{flat:.2f}", f"{e['seconds_per_image']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per judge (none->taesd / jpeg75->taesd / none->taef2), '*' = attacked by that configuration:", ""]
     lines.append("| config | " + " | ".join(all_judges) + " |")
