@@ -132,7 +132,7 @@ def test_engine_result_under_the_perceptual_budget_keeps_its_map(tiny_protector,
 def test_presets_use_the_perceptual_budget():
     from imguard.presets import PRESETS
 
-    assert all(p.options.get("budget") == "jnd" for p in PRESETS.values())
+    assert all(p.options.get("budget") == "jnd" and p.options.get("gate") is True for p in PRESETS.values())
 
 
 @requires_assets

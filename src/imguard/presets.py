@@ -20,9 +20,10 @@ __all__ = ["DEFAULT_STRENGTH", "FAST", "INVISIBLE", "PRESETS", "STRENGTHS", "Pre
 #: What makes every preset invisible (docs/evaluation.md, "the gate"): the perceptual budget at
 #: 1.3 times the just-noticeable-difference map under eps, with its PSNR floor of 37 dB (at 1.3
 #: even a change filling every pixel's radius passed the gate on all 31 faces of faces/wild and
-#: faces/dev at 512 px: ``benchmarks/visibility.py --saturated 512 1.3``), and FaceLock's
-#: feature and latent terms confined to the face (over the whole photo they paint the background).
-INVISIBLE = {"budget": "jnd", "jnd_scale": 1.3, "region": "face"}
+#: faces/dev at 512 px: ``benchmarks/visibility.py --saturated 512 1.3``), FaceLock's feature
+#: and latent terms confined to the face (over the whole photo they paint the background), and
+#: the gate enforced on every result (a photo unlike those is scaled down until it passes).
+INVISIBLE = {"budget": "jnd", "jnd_scale": 1.3, "region": "face", "gate": True}
 
 
 @dataclass(frozen=True)
