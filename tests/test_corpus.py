@@ -196,8 +196,10 @@ def test_one_cli_run_over_the_corpus_ends_in_outputs_or_one_line_failures(corpus
     summary = [line for line in cap.out.splitlines() if line.startswith("imguard: ") and "protected" in line][-1]
     n_prot, n_skip, n_fail = (int(part.split()[0]) for part in summary[len("imguard: "):].split(", "))
     assert n_prot + n_skip + n_fail == len(inputs) and n_skip == 0
-    failed = {Path(line.split(": ", 2)[1]).name: line for line in cap.err.splitlines() if line.startswith("  failed: ")}
+    # each failure is said once, as it happens, with its reason; the summary names the files again
+    failed = {Path(line.split(": ", 3)[2]).name: line for line in cap.err.splitlines() if line.startswith("imguard: failed: ")}
     assert len(failed) == n_fail
+    assert {Path(line.split(": ", 1)[1]).name for line in cap.err.splitlines() if line.startswith("  failed: ")} == set(failed)
     outputs = list(out.glob("*.png"))
     assert len(outputs) == n_prot
     for p in outputs:

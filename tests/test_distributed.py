@@ -95,7 +95,7 @@ def _protect_cli(monkeypatch, vae_dir, args: list[str], batch: int = BATCH) -> i
     monkeypatch.setattr(cli, "_protector_factory", lambda a, s: _factory(vae_dir))
     monkeypatch.setattr(cli, "_make_protector", lambda a, s: _factory(vae_dir)())
     return main(["protect", *args, "--method", "facelock", "--steps", str(STEPS), "--seed", str(SEED),
-                 "--batch-size", str(batch), "-q"])
+                 "--batch-size", str(batch), "-q", "--threads", "1"])  # the workers run one thread each too
 
 
 def _final_records(out: Path) -> dict[str, dict]:

@@ -57,7 +57,9 @@ except ImportError as e:  # pragma: no cover - depends on the install
         f"imguard serve needs FastAPI and uvicorn ({e}); install them with: pip install 'imguard[serve]'"
     ) from e
 
+from ..io import safe_filename
 from ..presets import DEFAULT_STRENGTH, STRENGTHS as PRESETS  # the optimisation presets and fast
+from .security import Guard, allowed_hosts, is_loopback
 
 __all__ = ["DIFF_GAIN", "Job", "Limits", "Worker", "create_app", "difference_image"]
 
