@@ -55,7 +55,7 @@ def test_upload_poll_download_within_budget(client):
     c, app = client
     assert c.get("/").status_code == 200 and "imguard" in c.get("/").text
     info = c.get("/api/info").json()
-    assert [s["name"] for s in info["strengths"]] == ["low", "medium", "high"]
+    assert [s["name"] for s in info["strengths"]] == ["low", "medium", "high", "fast"]
     data_a, arr_a = _png((48, 40), 0)
     data_b, arr_b = _png((32, 32), 1)
     r = c.post("/api/jobs", files=[("files", ("alice.png", data_a, "image/png")), ("files", ("bob.png", data_b, "image/png"))],
@@ -454,7 +454,7 @@ def test_page_in_a_headless_browser(tiny_protector, tmp_path, dev_face):
         driver = headless_chromium()
         try:
             driver.get(url)
-            WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "strength")).options) == 3)
+            WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "strength")).options) == 4)
             Select(driver.find_element(By.ID, "strength")).select_by_value("low")
             driver.find_element(By.ID, "steps").send_keys("3")
             driver.find_element(By.ID, "files").send_keys(str(dev_face))
