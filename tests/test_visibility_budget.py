@@ -170,3 +170,11 @@ def test_gate_true_scales_a_visible_result_down_until_it_passes(tiny_protector):
     quiet = tiny_protector.protect(img, steps=3, seed=0, budget="linf", eps=16, gate=True, return_result=True)
     assert quiet.visibility[0].invisible, quiet.visibility[0].line()
     assert 0 < quiet.achieved[0] < loud.achieved[0]
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 40), (5, 7)])
+def test_tiny_images_have_a_visibility(shape):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(1, 3, *shape, generator=g)
+    v = measure(x, (x + 2 / 255).clamp(0, 1))[0]
+    assert 40 < v.psnr < 50 and 0 < v.ssim <= 1

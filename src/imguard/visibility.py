@@ -32,6 +32,8 @@ FLAT_STD = 3.0
 #: The invisibility gate: flat-region change at most, PSNR and SSIM at least.
 GATE = {"flat": 1.0, "psnr": 36.0, "ssim": 0.95}
 _LUMA = (0.299, 0.587, 0.114)
+#: images with a side under this many pixels are measured enlarged by an integer factor (nearest)
+MIN_SIDE = 16
 
 
 @dataclass
@@ -108,6 +110,10 @@ def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) 
         raise ValueError(f"visibility needs the original and the protected image at the same size, "
                          f"got {tuple(original.shape)} and {tuple(protected.shape)}")
     a, b = original.detach().float(), protected.detach().float().to(original.device)
+    side = min(a.shape[-2:])
+    if side < MIN_SIDE:  # too small for SSIM's window: measured enlarged (nearest), which keeps PSNR exact
+        k = -(-MIN_SIDE // side)
+        a, b = (F.interpolate(t, scale_factor=k, mode="nearest") for t in (a, b))
     p, s = psnr(a, b), ssim(a, b)
     fl, share = flat_region_change(a, b)
     lp = [None] * a.shape[0]
