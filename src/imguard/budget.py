@@ -227,8 +227,7 @@ def jnd_map(x: torch.Tensor) -> torch.Tensor:
     dark. See the comment above for the model."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"jnd_map expects images shaped [B,3,H,W], got {tuple(x.shape)}")
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    y = (x.float() * w).sum(1, keepdim=True) * 255.0
+    y = luminance(x.float()) * 255.0
     yp = F.pad(y, (2, 2, 2, 2), mode="replicate")
     bg = F.conv2d(yp, torch.tensor(_BG, dtype=torch.float32, device=x.device).view(1, 1, 5, 5)) / 32.0
     g = F.conv2d(yp, torch.tensor(_GRADS, dtype=torch.float32, device=x.device).view(4, 1, 5, 5)) / 16.0
@@ -276,16 +275,28 @@ def with_psnr_floor(radius: torch.Tensor, psnr_floor: float | None = None) -> to
     return radius * (rms_max / rms.clamp_min(1e-12)).clamp(max=1.0)
 
 
-#: flat_weight: 1 below this 7x7 luminance std (/255), 0 above twice it
+#: Below this 7x7 local luminance standard deviation (in /255) a pixel counts as flat (the
+#: perceptual budget's flat weight and the flat-region measure of imguard.visibility alike)
 FLAT_STD = 3.0
+
+
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] luminance (0.299 R + 0.587 G + 0.114 B) of [B,3,H,W] RGB."""
+    w = torch.tensor((0.299, 0.587, 0.114), dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
+    """Standard deviation of ``y`` [B,1,H,W] over a ``size`` x ``size`` window (borders: the
+    pixels inside the image only)."""
+    mu = F.avg_pool2d(y, size, 1, size // 2, count_include_pad=False)
+    m2 = F.avg_pool2d(y * y, size, 1, size // 2, count_include_pad=False)
+    return (m2 - mu * mu).clamp_min(0).sqrt()
 
 
 def flat_weight(x: torch.Tensor) -> torch.Tensor:
     """[B,1,H,W] in [0,1]: 1 where ``x`` is flat (7x7 luminance std <= 3/255), falling to 0 at 6/255."""
-    w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    y = (x.float() * w).sum(1, keepdim=True)
-    mu = F.avg_pool2d(y, 7, 1, 3, count_include_pad=False)
-    sd = (F.avg_pool2d(y * y, 7, 1, 3, count_include_pad=False) - mu * mu).clamp_min(0).sqrt() * 255.0
+    sd = local_std(luminance(x.float())) * 255.0
     return (2.0 - sd / FLAT_STD).clamp(0, 1)
 
 

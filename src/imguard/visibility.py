@@ -25,13 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .budget import FLAT_STD, local_std, luminance
+
 __all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure"]
 
-#: Below this 7x7 local luminance standard deviation (in /255) a pixel counts as flat.
-FLAT_STD = 3.0
 #: The invisibility gate: flat-region change at most, PSNR and SSIM at least.
 GATE = {"flat": 1.0, "psnr": 36.0, "ssim": 0.95}
-_LUMA = (0.299, 0.587, 0.114)
 #: images with a side under this many pixels are measured enlarged by an integer factor (nearest)
 MIN_SIDE = 16
 
@@ -63,20 +62,6 @@ class Visibility:
         verdict = "invisible" if self.invisible else "VISIBLE"
         return (f"visibility: {verdict} by the gate (PSNR {self.psnr:.1f} dB, SSIM {self.ssim:.3f}, "
                 f"flat-region change {self.flat:.2f}/255{lp})")
-
-
-def luminance(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W] luminance of [B,3,H,W] RGB."""
-    w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
-
-
-def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
-    """Standard deviation of ``y`` [B,1,H,W] over a ``size`` x ``size`` window (borders: the
-    pixels inside the image only)."""
-    mu = F.avg_pool2d(y, size, 1, size // 2, count_include_pad=False)
-    m2 = F.avg_pool2d(y * y, size, 1, size // 2, count_include_pad=False)
-    return (m2 - mu * mu).clamp_min(0).sqrt()
 
 
 def flat_mask(x: torch.Tensor, threshold: float = FLAT_STD) -> torch.Tensor:
