@@ -229,13 +229,16 @@ def main(argv=None) -> int:
         xp, secs = protect_all(cfg, x, stems, kept_dir(args.out, text, args.size, args.seed, args.steps), args.size, args.seed, args.steps, dev)
         seen = measure(x, xp)
         unseen = ["dlib-full"] + [j for j in judges if j not in attacked]
-        cells = {}
+        cells, dists = {}, {}
         for cname, img in conditions(xp).items():
             embs = embeddings(img)
             cells[cname] = {j: [lost(j, refs[j][i], embs[j][i]) for i in range(len(stems))] for j in unseen}
+            # dlib's Euclidean distance to the clean photo: the margin behind each verdict (inf: no face found)
+            dists[cname] = [None if refs["dlib-full"][i] is None else round(DlibPipeline.distance(refs["dlib-full"][i], embs["dlib-full"][i]), 4)
+                            for i in range(len(stems))]
         entry = {"label": text, "config": cfg, "attacked_face_models": sorted(attacked), "attacked_vaes": cfg["vae"].split(","),
                  "seconds_per_image": round(sum(secs) / len(secs), 1),
-                 "visibility": [v.as_dict() for v in seen], "lost": cells}
+                 "visibility": [v.as_dict() for v in seen], "lost": cells, "dlib_distance": dists}
         report["configs"].append(entry)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=1))
@@ -264,6 +267,15 @@ def mean_of(entry: dict, key: str) -> float:
     return sum(vals) / len(vals) if vals else float("nan")
 
 
+def median_distance(entry: dict, cond: str) -> str:
+    """The median of dlib's distances to the clean faces under ``cond`` ('-' for reports from before it was kept)."""
+    vals = sorted(v for v in entry.get("dlib_distance", {}).get(cond, []) if v is not None)
+    if not vals:
+        return "-"
+    m = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+    return "no face" if m == float("inf") else f"{m:.2f}"
+
+
 def to_markdown(report: dict) -> str:
     meta = report["meta"]
     lines = [f"Faces: {len(meta['faces'])} at {meta['size']} px; seed {meta['seed']}; device {meta['device']} "
@@ -273,8 +285,9 @@ def to_markdown(report: dict) -> str:
              "pooled (face x judge pairs). '*' = through an autoencoder the configuration attacked. Visibility: "
              "means over the faces; 'gate' = faces passing flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95.", "",
              "| config | attacked (recognizers / autoencoders) | dlib: TAESD | dlib: JPEG-75 -> TAESD | dlib: TAEF2 "
-             "| all unseen: TAESD | all unseen: JPEG-75 -> TAESD | all unseen: TAEF2 | PSNR | SSIM | flat /255 | LPIPS | gate | s/image |",
-             "|" + " --- |" * 14]
+             "| all unseen: TAESD | all unseen: JPEG-75 -> TAESD | all unseen: TAEF2 | dlib distance after TAESD (median; 0.6 = lost) "
+             "| PSNR | SSIM | flat /255 | LPIPS | gate | s/image |",
+             "|" + " --- |" * 15]
     for e in report["configs"]:
         star = {c: ("*" if c.split("->")[-1] in e["attacked_vaes"] else "") for c in CONDITIONS}
         unseen = list(e["lost"]["taesd"])
@@ -283,6 +296,7 @@ def to_markdown(report: dict) -> str:
         cells = [e["label"], f"{'+'.join(e['attacked_face_models'])} / {'+'.join(e['attacked_vaes'])}"]
         cells += [pct(e, c, ["dlib-full"]) + star[c] for c in CONDITIONS]
         cells += [pct(e, c, unseen) + star[c] for c in CONDITIONS]
+        cells += [median_distance(e, "taesd")]
         cells += [f"{mean_of(e, 'psnr'):.1f}", f"{mean_of(e, 'ssim'):.3f}", f"{mean_of(e, 'flat'):.2f}",
                   "-" if lp != lp else f"{lp:.3f}", f"{gate}/{len(e['visibility'])}", f"{e['seconds_per_image']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
