@@ -16,7 +16,7 @@ from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageCms
 
 from icc_profiles import DISPLAY_P3, matrix_profile
-from imguard.io import ImageReadError, from_tensor, read_image, save_image, to_tensor
+from imguard.io import ImageReadError, encode_image, from_tensor, read_image, read_image_bytes, save_image, to_tensor
 
 
 def test_16_bit_png_is_scaled_by_65535_whatever_its_values(tmp_path):
@@ -142,6 +142,25 @@ def test_exif_orientation_applied(tmp_path):
     ex[0x0112] = 6
     Image.fromarray(arr).save(tmp_path / "r.jpg", exif=ex.tobytes())
     assert to_tensor(tmp_path / "r.jpg")[0].shape == (1, 3, 20, 10)
+
+
+def test_bytes_are_read_as_their_file_is(tmp_path):
+    """read_image_bytes: the same pixels, orientation and sRGB conversion as read_image of the
+    file; errors name the label, without a memory address. encode_image: save_image's bytes."""
+    src = Image.fromarray(np.random.default_rng(0).integers(0, 256, (6, 10, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    src.save(tmp_path / "r.png", exif=exif.tobytes(), icc_profile=matrix_profile("P3", DISPLAY_P3))
+    a, b = read_image(tmp_path / "r.png"), read_image_bytes((tmp_path / "r.png").read_bytes(), "upload 3")
+    assert b.size == a.size == (6, 10) and np.array_equal(np.asarray(a), np.asarray(b))
+    assert b.info["imguard_srgb"] is True and a.info["imguard_srgb"] is True
+    with pytest.raises(ImageReadError, match=r"^cannot read image upload 3: not a readable image file") as e:
+        read_image_bytes(b"nope", "upload 3")
+    assert "0x" not in str(e.value)
+    with pytest.raises(ImageReadError, match="<bytes>: it is empty"):
+        read_image_bytes(b"")
+    save_image(a, tmp_path / "out.png")
+    assert encode_image(a) == (tmp_path / "out.png").read_bytes()
 
 
 def test_empty_inputs_are_refused():

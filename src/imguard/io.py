@@ -103,8 +103,6 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     """Open an image file as a PIL image: EXIF orientation applied, converted to sRGB when it
     carries another ICC profile (``info["imguard_srgb"]`` is then True), checked for a single
     frame and at most ``max_pixels`` pixels. Raises :class:`ImageReadError` naming the file."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     p = Path(path)
     if not p.exists():
         raise ImageReadError(f"image file not found: {p}")
@@ -112,12 +110,36 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
         raise ImageReadError(f"{p} is a folder, not an image file")
     if p.stat().st_size == 0:
         raise ImageReadError(f"cannot read image {p}: the file is empty (0 bytes)")
+    return _decode(p, str(p), max_pixels)
+
+
+def read_image_bytes(data: bytes | bytearray | memoryview, name: str | None = None,
+                     max_pixels: int | None = DEFAULT_MAX_PIXELS):
+    """:func:`read_image` for the bytes of an image file (an upload, a blob read from object
+    storage): the same decoding and checks, the same pixels as reading that file. ``name``
+    labels it in errors (default: ``<bytes>``)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ImageReadError(f"expected the bytes of an image file, got {type(data).__name__}")
+    label = name or "<bytes>"
+    data = bytes(data)
+    if not data:
+        raise ImageReadError(f"cannot read image {label}: it is empty (0 bytes)")
+    return _decode(_io.BytesIO(data), label, max_pixels)
+
+
+def _decode(source: Path | _io.BytesIO, label: str, max_pixels: int | None):
+    """The decoding :func:`read_image` and :func:`read_image_bytes` share (``source``: a path
+    or an in-memory file; ``label`` names it in errors)."""
+    import re
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
     try:
         with warnings.catch_warnings(), _bomb_limit(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as im:
-                _check_frames(im, p)
-                check_pixels(im.size, max_pixels, p)
+            with Image.open(source) as im:
+                _check_frames(im, label)
+                check_pixels(im.size, max_pixels, label)
                 im.load()
                 info = dict(im.info)
                 fmt = im.format
@@ -130,11 +152,12 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIX
     except ImageReadError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"cannot read image {p}: it declares too many pixels to decode safely ({e})") from e
+        raise ImageReadError(f"cannot read image {label}: it declares too many pixels to decode safely ({e})") from e
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError, EOFError,
             IndexError, KeyError, struct.error, MemoryError) as e:
-        raise ImageReadError(f"cannot read image {p}: not a readable image file ({type(e).__name__}: {e})") from e
-    return to_srgb(im, str(p))
+        why = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "<bytes>", str(e))  # no memory address
+        raise ImageReadError(f"cannot read image {label}: not a readable image file ({type(e).__name__}: {why})") from e
+    return to_srgb(im, label)
 
 
 _BOMB_LOCK = threading.Lock()
@@ -547,6 +570,23 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: by
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p)
     fmt = _FORMATS.get(p.suffix.lower(), "PNG")
+    clean, kwargs = _for_saving(image, fmt, exif)
+    atomic_write(p, lambda tmp: clean.save(tmp, format=fmt, **kwargs))
+    return p
+
+
+def encode_image(image, fmt: str = "PNG", exif: bytes | None = None) -> bytes:
+    """The bytes :func:`save_image` writes for ``image`` as a ``fmt`` file (PNG by default),
+    in memory: only the pixels, an ICC profile in ``image.info`` and ``exif``."""
+    fmt = fmt.upper()
+    clean, kwargs = _for_saving(image, fmt, exif)
+    buf = _io.BytesIO()
+    clean.save(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def _for_saving(image, fmt: str, exif: bytes | None):
+    """(a copy of ``image`` without its metadata, the save options) for a ``fmt`` file."""
     kwargs: dict = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     if fmt == "WEBP":
         kwargs["lossless"] = True
@@ -558,8 +598,7 @@ def save_image(image, path: str | os.PathLike, overwrite: bool = False, exif: by
     img = image.convert("RGB") if fmt == "JPEG" and image.mode != "RGB" else image
     clean = img.copy()
     clean.info = {}
-    atomic_write(p, lambda tmp: clean.save(tmp, format=fmt, **kwargs))
-    return p
+    return clean, kwargs
 
 
 def atomic_write(target: str | os.PathLike, write: Callable[[Path], None]) -> None:
