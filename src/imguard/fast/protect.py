@@ -96,10 +96,8 @@ def protect_fast(
     x_work = resize_image(x_all.to(protector.device), size)
     out_work = resize_image(out.to(protector.device).float().div(255), size)
     seen = _visibility(x_all, out, x_work, out_work)
-    checks = None
     models = protector.models_for("fast")
-    if protector.check_enabled:
-        checks = protector._run_check(x_work, out_work, models)
+    checks = protector._check(x_work, out_work, models) if protector.check_enabled else None
     hist = results[0].loss_history if refine else torch.zeros(0, len(results))
     return ProtectionResult(
         image=result_image, method="fast", eps=eps, norm="linf", achieved=[r.achieved for r in results],
