@@ -30,7 +30,7 @@ from imguard.io import read_image, resize_image, to_tensor  # noqa: E402
 from imguard.metrics import IdentityMetric  # noqa: E402
 from imguard.models import FaceDetector, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.photo import face_regions  # noqa: E402
-from imguard.presets import get_preset  # noqa: E402
+from imguard.request import resolve  # noqa: E402
 
 JUDGES = ("sface", "facenet", "mobilefacenet", "faceres", "dlib")
 
@@ -45,7 +45,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None)
     args = ap.parse_args(argv)
 
-    attacked = set(get_preset(args.strength).face_model.split(","))
+    attacked = set(resolve(strength=args.strength).recognizer.split(","))
     judges = {j: load_face_recognizer(j) for j in JUDGES if j not in attacked}
     det = FaceDetector("cpu")
     ae = load_autoencoder("taesd")

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
 import imguard.presets  # noqa: E402
+import imguard.request  # noqa: E402
 from imguard.budget import Budget  # noqa: E402
 from imguard.engine import _autocast, step_size_at, EngineConfig  # noqa: E402
 from imguard.models import FaceEmbedder, find_faces, load_autoencoder  # noqa: E402
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
         for name in imguard.presets.preset_names():
             p = imguard.Protector(strength=name, device=args.device, precision=args.precision, working_size=args.size, check=False)
             p.protect(x, steps=2, seed=0)
-            steps = int(imguard.presets.get_preset(name).options.get("steps", 100))
+            steps = int(imguard.request.resolve(strength=name).engine.steps)
             secs = timed(lambda: p.protect(x, steps=args.steps, seed=0), dev)
             per_step = secs / args.steps
             rows.append({"run": f"preset {name}", "batch": 1, "s_per_step": per_step, "steps": steps,

@@ -54,6 +54,7 @@ from imguard.metrics import psnr, ssim  # noqa: E402
 from imguard.visibility import flat_region_change  # noqa: E402
 from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.presets import PRESETS  # noqa: E402
+from imguard.request import resolve  # noqa: E402
 from imguard.transforms import get_purification  # noqa: E402
 
 JUDGES = ("sface", "facenet", "mobilefacenet", "faceres", "dlib")
@@ -76,8 +77,8 @@ def parse_config(text: str) -> dict:
     opts = dict(kv.split("=", 1) for kv in overrides)
     opts = {k: (v.replace("+", ",") if k in ("eot", "vae", "face_model") else _value(v)) for k, v in opts.items()}
     if base in PRESETS:
-        p = PRESETS[base]
-        cfg = {"label": text, "strength": base, "method": p.method, "face_model": p.face_model, "vae": p.vae}
+        req = resolve(strength=base)
+        cfg = {"label": text, "strength": base, "method": req.method, "face_model": req.recognizer, "vae": req.autoencoder}
     else:
         method, faces, vaes = base.split("-", 2)
         cfg = {"label": text, "strength": None, "method": method, "face_model": faces.replace("+", ","),

@@ -93,16 +93,16 @@ def explain(face: Path, size: int = 256, region: str = "image") -> dict[str, flo
     from kornia.filters import gaussian_blur2d
 
     from imguard.engine import diverse_input
-    from imguard.methods import ENGINE_OPTIONS, get_method
+    from imguard.methods import get_method
     from imguard.methods.facelock import _face_weight
-    from imguard.presets import PRESETS
+    from imguard.request import resolve
 
     x = torch.nn.functional.interpolate(to_tensor(read_image(face))[0], size=(size, size), mode="bilinear", antialias=True)
     p = imguard.Protector(strength="high", working_size=size, check=False)
     models = p.load_models()
-    m = get_method("facelock")
-    opts = m.options(**{**PRESETS["high"].options, "region": region})
-    prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS} | {"names": None, "cache": True}
+    req = resolve(strength="high", region=region)
+    m = get_method(req.method)
+    prep = {**req.options, "names": None, "cache": True}
     torch.manual_seed(0)
     ctx = m.prepare(x, models, prep)
     outside = 1 - _face_weight(ctx.faces, x, scale=1.0)

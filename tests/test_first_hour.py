@@ -163,6 +163,7 @@ def test_readme_python_blocks_run(monkeypatch, tiny_vae_dir, capsys):
     """The README's Python blocks, in order and in one namespace, with tiny models in place of
     the real ones (the mechanics, not the weights): no undefined name, no missing path, no GPU."""
     import imguard.models as models_mod
+    from imguard.check import LazyChecker
     from imguard.models.taesd import TinyAutoencoder
 
     blocks = _readme_python_blocks()
@@ -180,7 +181,7 @@ def test_readme_python_blocks_run(monkeypatch, tiny_vae_dir, capsys):
     monkeypatch.setattr(models_mod, "load_face_recognizer", lambda spec, device=None, **k: TinyRecognizer())
     monkeypatch.setattr(models_mod, "load_features", lambda spec, autoencoder=None, device=None: real_features(
         "ae", autoencoder=autoencoder, device=device))
-    monkeypatch.setattr(imguard.Protector, "_run_check", lambda self, *a, **k: None)
+    monkeypatch.setattr(LazyChecker, "__call__", lambda self, *a, **k: None)
     monkeypatch.setattr(imguard.api, "_DEFAULT_PROTECTORS", {})  # imguard.protect's cache: not shared with other tests
     monkeypatch.setattr(imguard.Protector, "__init__", _fast_init(imguard.Protector.__init__))
     namespace: dict = {}

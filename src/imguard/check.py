@@ -17,7 +17,7 @@ import torch
 
 from .models import FaceDetector, ModelLoadError, ModelSpec, autoencoders_of, load_autoencoder, load_face_recognizer, members_of
 
-__all__ = ["CHECK_AUTOENCODER", "JUDGE_ORDER", "ProtectionCheck", "Checker"]
+__all__ = ["CHECK_AUTOENCODER", "JUDGE_ORDER", "ProtectionCheck", "Checker", "LazyChecker"]
 
 #: The autoencoder the check round-trips through (SD 1.x latent space, bundled).
 CHECK_AUTOENCODER = "taesd"
@@ -116,3 +116,21 @@ class Checker:
                 identity_lost=bool(face) and ((not ok) or s < metric.threshold),
             ))
         return out
+
+
+class LazyChecker:
+    """A protector's check: the :class:`Checker` made on first use, with the judge named by
+    ``judge`` (a spec, or "auto") and the protector's MTCNN detector when its models use one."""
+
+    def __init__(self, device: torch.device | str, judge: Any = "auto"):
+        self.device, self.judge, self._checker = device, judge, None
+
+    def __call__(self, original: torch.Tensor, protected: torch.Tensor, models: Any) -> list[ProtectionCheck] | None:
+        """:meth:`Checker.check` with the attacked models of ``models`` (a
+        :class:`~imguard.models.Models`); None when the models have no detector (tests)."""
+        if self._checker is None:
+            detector = models.detector if models.specs["detector"] == "mtcnn" else None
+            self._checker = Checker(self.device, judge=self.judge, detector=detector)
+        if models.detector is None:  # no detector (tests): the check needs faces, skip it
+            return None
+        return self._checker.check(original, protected, models.recognizer, models.autoencoder)

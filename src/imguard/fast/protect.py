@@ -44,7 +44,7 @@ def protect_fast(
     from ..result import ProtectionResult
     from ..visibility import of_result as _visibility
     from ..io import from_tensor, resize_image, to_tensor, working_shape
-    from ..presets import FAST
+    from ..request import resolve
 
     unknown = sorted(k for k, v in options.items() if v is not None and k not in ("early_stop", "faces_first", "rest", "mask", "method"))
     if unknown or options.get("mask") is not None:
@@ -55,7 +55,7 @@ def protect_fast(
     refine = int(refine or 0)
     if refine < 0:
         raise ValueError(f"refine must be a whole number >= 0, got {refine}")
-    eps = float(FAST.options["eps"] if eps is None else eps)
+    eps = float(resolve(strength="fast").budget.eps if eps is None else eps)
     if not 0 < eps <= 8:
         raise ValueError(f"strength='fast' was trained for eps <= 8 (/255); got eps={eps:g}")
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -96,10 +96,8 @@ def protect_fast(
     x_work = resize_image(x_all.to(protector.device), size)
     out_work = resize_image(out.to(protector.device).float().div(255), size)
     seen = _visibility(x_all, out, x_work, out_work)
-    checks = None
     models = protector.models_for("fast")
-    if protector.check_enabled:
-        checks = protector._run_check(x_work, out_work, models)
+    checks = protector._check(x_work, out_work, models) if protector.check_enabled else None
     hist = results[0].loss_history if refine else torch.zeros(0, len(results))
     return ProtectionResult(
         image=result_image, method="fast", eps=eps, norm="linf", achieved=[r.achieved for r in results],

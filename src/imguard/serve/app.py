@@ -467,10 +467,12 @@ def create_app(
         try:
             files = [f for f in form.getlist("files") if isinstance(f, UploadFile)]
             strength = str(form.get("strength") or DEFAULT_STRENGTH)
-            if strength not in PRESETS:
-                raise HTTPException(400, f"unknown strength {strength!r}; choose one of: {', '.join(PRESETS)}")
             n_steps = _int_field("steps", str(form.get("steps") or ""), 1, limits.max_steps)
             n_seed = _int_field("seed", str(form.get("seed") or ""), 0, 2**31 - 1)
+            try:  # what the worker will run, decided now: a strength it cannot run is refused before any upload is read
+                strength = job_request(strength, n_steps).strength
+            except ValueError:
+                raise HTTPException(400, f"unknown strength {strength!r}; choose one of: {', '.join(PRESETS)}") from None
             if not files:
                 raise HTTPException(400, "no photo was uploaded; choose one or more image files")
             if len(files) > limits.max_files:
