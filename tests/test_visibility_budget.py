@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import math
+
 import pytest
 import torch
 
@@ -133,6 +135,35 @@ def test_presets_use_the_perceptual_budget():
     from imguard.presets import PRESETS
 
     assert all(p.options.get("budget") == "jnd" and p.options.get("gate") is True for p in PRESETS.values())
+
+
+def test_gate_fill_amplifies_up_to_the_gate_and_no_further(tiny_protector, image64):
+    """gate="fill": the same optimisation, its change amplified until just inside the gate."""
+    from imguard.visibility import GATE, GATE_MARGIN
+
+    kw = dict(steps=3, seed=0, budget="jnd", eps=8, jnd_scale=0.4, return_result=True)
+    plain = tiny_protector.protect(image64, gate=True, **kw)
+    filled = tiny_protector.protect(image64, gate="fill", **kw)
+    vp, vf = plain.visibility[0], filled.visibility[0]
+    assert vp.psnr > GATE["psnr"] + 3  # well inside: room to fill
+    assert vf.psnr < vp.psnr - 1  # amplified
+    assert vf.invisible and vf.psnr >= GATE["psnr"] + GATE_MARGIN["psnr"] - 1e-6  # and still inside the gate
+    d_plain, d_fill = plain.image - image64, filled.image - image64
+    assert float((d_fill * d_plain).sum()) > 0.9 * float(d_fill.norm() * d_plain.norm())  # the same direction
+    assert float(d_fill.abs().max()) <= 8 / 255 + 1e-6  # never over eps
+    with pytest.raises(ValueError, match="unknown gate"):
+        tiny_protector.protect(image64, steps=1, budget="jnd", gate="always")
+
+
+def test_psnr_floor_bounds_the_maps_energy(image64):
+    from imguard.request import BudgetChoice
+
+    for floor in (36.0, 40.0):
+        b = BudgetChoice(8, kind="jnd", jnd_scale=3.0, psnr_floor=floor).build(image64)
+        mse = float(b.radius_map.pow(2).mean())
+        assert 10 * math.log10(1 / mse) >= floor - 1e-3
+    with pytest.raises(ValueError, match="psnr_floor"):
+        BudgetChoice(8, kind="jnd", psnr_floor=5)
 
 
 @requires_assets

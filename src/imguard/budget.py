@@ -101,6 +101,13 @@ class Budget:
     def perceptual_map(self) -> bool:
         return self.radius_map is not None
 
+    def scaled(self, factor: float) -> "Budget":
+        """This budget with its radius map ``factor`` times wider, never over ``eps`` (a plain
+        budget is returned as it is): the room :func:`imguard.visibility.fill_gate` amplifies in."""
+        if self.radius_map is None:
+            return self
+        return replace(self, radius_map=(self.radius_map * float(factor)).clamp(max=self.radius))
+
     def resized(self, size: tuple[int, int]) -> "Budget":
         """This budget for images of ``size`` (H, W): the radius map is pooled by its minimum
         when shrunk (no pixel gets more than the native map allowed around it), resized
@@ -430,14 +437,15 @@ def _finalize_whole(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: 
 JND_BAND_ROWS = 1024
 
 
-def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows: int | None = None) -> Budget:
+def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows: int | None = None,
+                      psnr_floor: float | None = None) -> Budget:
     """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
-    so a big photo never needs more than a band's worth of temporaries; the PSNR floor is the
-    whole photo's."""
+    so a big photo never needs more than a band's worth of temporaries; the PSNR floor
+    (default :data:`PSNR_FLOOR`) is the whole photo's."""
     rows = band_rows or JND_BAND_ROWS
     H = x.shape[-2]
     if H <= rows:
-        return Budget.perceptual(x, eps, scale)
+        return Budget.perceptual(x, eps, scale, psnr_floor=psnr_floor)
     halo = 4
     maps, weights = [], []
     for r0 in range(0, H, rows):
@@ -446,4 +454,4 @@ def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows
         band = Budget.perceptual(x[..., a:b, :].float(), eps, scale, psnr_floor=float("-inf"))
         maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
         weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
-    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2)), flat_weight=torch.cat(weights, -2))
+    return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2), psnr_floor), flat_weight=torch.cat(weights, -2))

@@ -50,9 +50,11 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         working_size = None if args.working_size == 0 else args.working_size
         _check_working_size(working_size)
         options: dict = {}
-        for key in ("step_size", "norm", "budget", "jnd_scale"):
+        for key in ("step_size", "norm", "budget", "jnd_scale", "psnr_floor"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
+        if args.gate is not None:
+            options["gate"] = {"off": False, "on": True, "fill": "fill"}[args.gate]
         if args.eot:
             options["eot"] = args.eot
             options["grad_repeats"] = args.grad_repeats
@@ -582,6 +584,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "map under --eps; the presets' default); linf: every pixel may change by --eps (stronger, visible "
                         "patterns at the presets' eps; a method named alone uses it)")
     p.add_argument("--jnd-scale", type=float, default=None, help="with --budget jnd: multiply the perceptual map (default 1; above 1.2 the change starts to show)")
+    p.add_argument("--psnr-floor", type=float, default=None, help="with --budget jnd: the PSNR (dB) no change inside the map can go below (default 37)")
+    p.add_argument("--gate", choices=["off", "on", "fill"], default=None,
+                   help="the visibility gate (flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95): on = a result that fails it is scaled "
+                        "down until it passes (the presets'); fill = also amplify a result well inside it up to it (high's); off")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")

@@ -126,8 +126,11 @@ def margin_stop(m, ctx, opts: dict, steps: int):
 def within_budget(req: ProtectionRequest, x: torch.Tensor, delta: torch.Tensor, work: Work) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 3: the protected image (uint8, native size; finalised in row bands) and the budget
     each image used (/255 units); scaled down until it passes the visibility gate when the
-    request's budget has ``gate``, whatever the optimiser did. Re-measured: never over eps."""
+    request's budget has ``gate``, whatever the optimiser did (and, for ``gate="fill"``, amplified
+    up to it when well inside). Re-measured: never over eps."""
     out, achieved = finalize(x, delta, work.native_budget, work.native_mask)
+    if req.budget.gate == "fill":  # the optimiser's direction, as far as the gate allows
+        out, achieved = visibility.fill_gate(x, delta, work.native_budget, work.native_mask, out, achieved)
     if req.budget.gate:
         out, achieved = visibility.within_gate(x, delta, work.native_budget, work.native_mask, out, achieved)
     if not bool((achieved <= req.budget.eps + 1e-3).all()):

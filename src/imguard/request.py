@@ -9,6 +9,7 @@ runner) and the web page all call it; the manifest records :meth:`ProtectionRequ
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -16,6 +17,9 @@ from .budget import Budget
 from .engine import EngineConfig
 from .methods import ENGINE_OPTIONS, get_method
 from .presets import DEFAULT_STRENGTH, get_preset
+
+#: the ``gate`` option's values: off, scale down to pass the visibility gate, and also amplify up to it
+GATES = (False, True, "fill")
 
 __all__ = ["DEFAULT_METHOD", "BudgetChoice", "EngineSettings", "ProtectionRequest", "resolve"]
 
@@ -27,14 +31,24 @@ DEFAULT_METHOD = "facelock"
 class BudgetChoice:
     """The budget as data: ``eps`` in /255 units, its norm, and its kind (the ``budget=``
     option: ``"jnd"``, the perceptual map under eps, ``jnd_scale`` times the just-noticeable
-    difference; or ``"linf"``, eps everywhere), and ``gate`` (scale a result down until it
-    passes the visibility gate). See :class:`~imguard.budget.Budget`."""
+    difference; or ``"linf"``, eps everywhere), and ``gate`` (True: scale a result down until it
+    passes the visibility gate; ``"fill"``: also amplify one well inside it, up to the gate).
+    ``psnr_floor`` (None: :data:`~imguard.budget.PSNR_FLOOR`) bounds the perceptual map's
+    energy. See :class:`~imguard.budget.Budget`."""
 
     eps: float
     norm: str = "linf"
     kind: str = "linf"
     jnd_scale: float = 1.0
-    gate: bool = False
+    gate: bool | str = False
+    psnr_floor: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.gate, bool) or self.gate == "fill"):
+            raise ValueError(f"unknown gate {self.gate!r}; valid: False (off), True (scale a result down until it passes "
+                             "the visibility gate), 'fill' (and amplify one well inside it, up to the gate)")
+        if self.psnr_floor is not None and not (math.isfinite(float(self.psnr_floor)) and 20 <= float(self.psnr_floor) <= 60):
+            raise ValueError(f"psnr_floor must be a PSNR in dB between 20 and 60 (e.g. 37), got {self.psnr_floor!r}")
 
     def build(self, x=None) -> Budget:
         """The budget; for ``kind="jnd"`` and a native-size image ``x``, with its perceptual map."""
@@ -46,12 +60,13 @@ class BudgetChoice:
         if self.kind == "jnd" and self.norm != "linf":
             raise ValueError("budget='jnd' is a per-pixel cap; use it with norm='linf' (or budget='linf' with norm='l2')")
         if self.kind == "jnd" and x is not None:
-            return perceptual_budget(x, self.eps, float(self.jnd_scale))
+            return perceptual_budget(x, self.eps, float(self.jnd_scale), psnr_floor=self.psnr_floor)
         return Budget(self.eps, self.norm)
 
     def options(self) -> dict:
         """As method options (``kind`` is the ``budget=`` option)."""
-        return {"eps": self.eps, "norm": self.norm, "budget": self.kind, "jnd_scale": self.jnd_scale, "gate": self.gate}
+        return {"eps": self.eps, "norm": self.norm, "budget": self.kind, "jnd_scale": self.jnd_scale,
+                "psnr_floor": self.psnr_floor, "gate": self.gate}
 
 
 @dataclass(frozen=True)
@@ -143,7 +158,8 @@ def resolve(
         preset = None  # another method than the preset's: its own defaults
     given = {k: v for k, v in {**options, "eps": eps, "steps": steps}.items() if v is not None}
     opts = m.options(**{**(preset.options if preset else {}), **given})
-    budget = BudgetChoice(opts["eps"], opts["norm"], opts["budget"], float(opts["jnd_scale"]), bool(opts["gate"]))
+    gate = opts["gate"] if isinstance(opts["gate"], str) else bool(opts["gate"])
+    budget = BudgetChoice(opts["eps"], opts["norm"], opts["budget"], float(opts["jnd_scale"]), gate, opts["psnr_floor"])
     budget.build()  # validates eps and norm
     engine = EngineSettings(**{k: opts[k] for k in _ENGINE_FIELDS})
     engine.config()  # validates the engine settings

@@ -15,7 +15,7 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "gate",
+    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
 )
 
 
@@ -34,9 +34,12 @@ class Options:
     # presets use "jnd"; a method named on its own keeps its paper's plain cap.
     budget: str = "linf"
     jnd_scale: float = 1.0
+    # budget="jnd": the PSNR no change inside the map can go below (None: imguard.budget.PSNR_FLOOR)
+    psnr_floor: float | None = None
     # gate=True: a result that fails the visibility gate (imguard.visibility.GATE) has its
-    # perturbation scaled down until it passes
-    gate: bool = False
+    # perturbation scaled down until it passes; gate="fill": also, a result well inside it is
+    # amplified, up to the gate (imguard.visibility.fill_gate)
+    gate: bool | str = False
     schedule: str = "constant"
     optimizer: str = "sign"
     random_start: bool = True
