@@ -27,6 +27,11 @@ the flat-region change and PSNR, one point per configuration).
 prints, for each term of FaceLock's objective (``high``'s models), the share of its low-passed
 gradient energy that falls outside the face box: where each term would paint.
 
+    python benchmarks/visibility.py --amplify OUT/protected/CONFIG_DIR 256 OUT/amplified FACES...
+
+walks each kept face's optimised change up (x1 ... x3) and tabulates and plots dlib's distance
+after TAESD against the visibility: what each point of visibility would buy, past the gate too.
+
     python benchmarks/visibility.py --saturated 512 1.4 ../shared/assets/faces/wild ../shared/assets/faces/dev
 
 the worst case of the perceptual budget at that size and ``jnd_scale``: every pixel changed by
@@ -156,7 +161,118 @@ def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed
     return rows
 
 
+#: the factors ``--amplify`` walks: the optimised change as it is, and larger
+AMPLIFY = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
+
+
+def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list[dict]:
+    """What each point of visibility buys, on one optimised direction per face: each kept
+    protected face (``kept``/STEM.png, as :func:`protect_all` keeps them) has its change
+    amplified by each factor (clipped to [0,1], quantized to 8 bits); per factor, its
+    visibility and dlib's full-pipeline distance to the clean face after a TAESD round trip,
+    JPEG-75 then TAESD, and a TAEF2 round trip (0.6 = dlib's same-person threshold)."""
+    from imguard.models import load_autoencoder
+
+    dl = DlibPipeline()
+    aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
+
+    def rt(a, y):
+        with torch.no_grad():
+            return aes[a].decode(aes[a].encode(y)).clamp(0, 1)
+
+    stems, x = load_faces(paths, size, None)
+    rows = []
+    for i, stem in enumerate(stems):
+        png = kept / f"{stem}.png"
+        if not png.exists():
+            continue
+        xi, xp = x[i : i + 1], to_tensor(read_image(png))[0]
+        ref = dl.descriptors(xi)[0]
+        if ref is None:
+            continue  # dlib finds no face in the clean photo: nothing to judge
+        for f in factors:
+            xa = ((xi + f * (xp - xi)).clamp(0, 1) * 255).round() / 255
+            conds = {"taesd": rt("taesd", xa), "jpeg75->taesd": rt("taesd", get_purification("jpeg75")(xa)), "taef2": rt("taef2", xa)}
+            dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conds.items()}
+            rows.append({"face": stem, "factor": f, **measure(xi, xa)[0].as_dict(), "dlib_distance": dist})
+    return rows
+
+
+def amplified_table(rows: list[dict]) -> str:
+    lines = ["| factor | faces | PSNR | SSIM | flat /255 | pass the gate | dlib distance, TAESD (mean; lost) "
+             "| JPEG-75 -> TAESD (mean; lost) | TAEF2 (mean; lost) |", "|" + " --- |" * 9]
+    for f in sorted({r["factor"] for r in rows}):
+        rs = [r for r in rows if r["factor"] == f]
+        n = len(rs)
+
+        def cell(c):
+            d = [r["dlib_distance"][c] for r in rs]
+            lost = sum(v >= DlibPipeline.threshold for v in d)
+            finite = [v for v in d if v != float("inf")]
+            return f"{sum(finite) / max(len(finite), 1):.3f}; {lost}/{n}"
+        lines.append(f"| x{f:g} | {n} | {sum(r['psnr'] for r in rs) / n:.1f} | {sum(r['ssim'] for r in rs) / n:.3f} "
+                     f"| {sum(r['flat'] for r in rs) / n:.2f} | {sum(r['invisible'] for r in rs)}/{n} | "
+                     + " | ".join(cell(c) for c in CONDITIONS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_amplified(rows: list[dict], path: Path) -> None:
+    """dlib's distance after TAESD (one grey line per face, the mean in navy) against PSNR, with
+    the gate (PSNR 36 dB) and dlib's threshold (0.6) drawn dashed."""
+    W, H, pad = 640, 380, 56
+    img = Image.new("RGB", (W, H), "white")
+    d = ImageDraw.Draw(img)
+    lo, hi = 26.0, 42.0
+    dlo, dhi = 0.0, 1.0
+
+    def px(v):
+        return pad + (hi - min(max(v, lo), hi)) / (hi - lo) * (W - 20 - pad)  # less visible on the left
+
+    def py(v):
+        return H - pad - (min(max(v, dlo), dhi) - dlo) / (dhi - dlo) * (H - pad - 20)
+
+    d.rectangle([pad, 20, W - 20, H - pad], outline="black")
+    for y in range(20, H - pad, 8):
+        d.line([px(GATE["psnr"]), y, px(GATE["psnr"]), y + 4], fill="gray")
+    for xx in range(pad, W - 20, 8):
+        d.line([xx, py(DlibPipeline.threshold), xx + 4, py(DlibPipeline.threshold)], fill="firebrick")
+    d.text((px(GATE["psnr"]) + 3, 22), "gate: PSNR 36", fill="gray")
+    d.text((pad + 4, py(DlibPipeline.threshold) - 14), "dlib threshold 0.6: above = identity lost", fill="firebrick")
+    for v in (28, 30, 32, 34, 36, 38, 40, 42):
+        d.text((px(v) - 8, H - pad + 6), str(v), fill="black")
+    for v in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+        d.text((8, py(v) - 6), f"{v:.1f}", fill="black")
+    d.text((pad, H - pad + 24), "PSNR (dB) of the protected face, less visible to the left", fill="black")
+    d.text((8, 2), "dlib distance to the clean face after a TAESD round trip, as the change is amplified", fill="black")
+    faces = sorted({r["face"] for r in rows})
+    for face in faces:
+        rs = sorted((r for r in rows if r["face"] == face), key=lambda r: r["factor"])
+        pts = [(px(r["psnr"]), py(min(r["dlib_distance"]["taesd"], dhi))) for r in rs]
+        d.line(pts, fill="lightgray", width=1)
+    factors = sorted({r["factor"] for r in rows})
+    mean = []
+    for f in factors:
+        rs = [r for r in rows if r["factor"] == f]
+        mean.append((px(sum(r["psnr"] for r in rs) / len(rs)),
+                     py(sum(min(r["dlib_distance"]["taesd"], dhi) for r in rs) / len(rs))))
+    d.line(mean, fill="navy", width=3)
+    for (cx, cy), f in zip(mean, factors):
+        d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill="navy")
+        d.text((cx - 10, cy + 6), f"x{f:g}", fill="navy")
+    img.save(path)
+
+
 def main(argv=None) -> int:
+    if argv is None and sys.argv[1:2] == ["--amplify"]:  # --amplify KEPT_DIR SIZE OUT FACES...
+        kept, size, out = Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+        rows = amplified(kept, [Path(a) for a in sys.argv[5:]], size)
+        out.mkdir(parents=True, exist_ok=True)
+        table = f"Kept faces: `{kept}` at {size} px; command: `{' '.join(sys.argv)}`\n\n" + amplified_table(rows)
+        (out / "amplified.json").write_text(json.dumps(rows, indent=1))
+        (out / "amplified.md").write_text(table)
+        plot_amplified(rows, out / "amplified.png")
+        print(table)
+        return 0
     if argv is None and sys.argv[1:2] == ["--saturated"]:  # --saturated SIZE SCALE FILES_OR_FOLDERS...
         size, scale = int(sys.argv[2]), float(sys.argv[3])
         paths = [p for a in sys.argv[4:] for p in ([Path(a)] if Path(a).is_file() else sorted(Path(a).glob("**/*.png")))]
