@@ -161,6 +161,15 @@ def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed
     return rows
 
 
+@torch.no_grad()
+def conditions(aes: dict, img: torch.Tensor, dev="cpu") -> dict[str, torch.Tensor]:
+    """:data:`CONDITIONS` of ``img`` (on the CPU): a TAESD round trip, JPEG-75 then TAESD, a
+    TAEF2 round trip (``aes``: {"taesd": ..., "taef2": ...} on ``dev``)."""
+    def rt(a, y):
+        return aes[a].decode(aes[a].encode(y.to(dev))).clamp(0, 1).cpu()
+    return {"taesd": rt("taesd", img), "jpeg75->taesd": rt("taesd", get_purification("jpeg75")(img)), "taef2": rt("taef2", img)}
+
+
 #: the factors ``--amplify`` walks: the optimised change as it is, and larger
 AMPLIFY = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 
@@ -175,11 +184,6 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
 
     dl = DlibPipeline()
     aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
-
-    def rt(a, y):
-        with torch.no_grad():
-            return aes[a].decode(aes[a].encode(y)).clamp(0, 1)
-
     stems, x = load_faces(paths, size, None)
     rows = []
     for i, stem in enumerate(stems):
@@ -192,8 +196,7 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
             continue  # dlib finds no face in the clean photo: nothing to judge
         for f in factors:
             xa = ((xi + f * (xp - xi)).clamp(0, 1) * 255).round() / 255
-            conds = {"taesd": rt("taesd", xa), "jpeg75->taesd": rt("taesd", get_purification("jpeg75")(xa)), "taef2": rt("taef2", xa)}
-            dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conds.items()}
+            dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conditions(aes, xa).items()}
             rows.append({"face": stem, "factor": f, **measure(xi, xa)[0].as_dict(), "dlib_distance": dist})
     return rows
 
@@ -309,12 +312,6 @@ def main(argv=None) -> int:
             print(f"judge {j} unavailable: {e}", file=sys.stderr)
     aes = {a: load_autoencoder(a, dev) for a in ("taesd", "taef2")}
 
-    def conditions(img: torch.Tensor) -> dict[str, torch.Tensor]:
-        def rt(a, y):
-            with torch.no_grad():
-                return aes[a].decode(aes[a].encode(y.to(dev))).clamp(0, 1).cpu()
-        return {"taesd": rt("taesd", img), "jpeg75->taesd": rt("taesd", get_purification("jpeg75")(img)), "taef2": rt("taef2", img)}
-
     @torch.no_grad()
     def embeddings(img: torch.Tensor) -> dict:
         out = {"dlib-full": dlib_full.descriptors(img)}
@@ -346,7 +343,7 @@ def main(argv=None) -> int:
         seen = measure(x, xp)
         unseen = ["dlib-full"] + [j for j in judges if j not in attacked]
         cells, dists = {}, {}
-        for cname, img in conditions(xp).items():
+        for cname, img in conditions(aes, xp, dev).items():
             embs = embeddings(img)
             cells[cname] = {j: [lost(j, refs[j][i], embs[j][i]) for i in range(len(stems))] for j in unseen}
             # dlib's Euclidean distance to the clean photo: the margin behind each verdict (inf: no face found)

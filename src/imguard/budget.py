@@ -103,7 +103,7 @@ class Budget:
 
     def scaled(self, factor: float) -> "Budget":
         """This budget with its radius map ``factor`` times wider, never over ``eps`` (a plain
-        budget is returned as it is): the room :func:`imguard.visibility.fill_gate` amplifies in."""
+        budget is returned as it is): the room :func:`imguard.visibility.within_gate` amplifies in for ``gate="fill"``."""
         if self.radius_map is None:
             return self
         return replace(self, radius_map=(self.radius_map * float(factor)).clamp(max=self.radius))

@@ -587,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--psnr-floor", type=float, default=None, help="with --budget jnd: the PSNR (dB) no change inside the map can go below (default 37)")
     p.add_argument("--gate", choices=["off", "on", "fill"], default=None,
                    help="the visibility gate (flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95): on = a result that fails it is scaled "
-                        "down until it passes (the presets'); fill = also amplify a result well inside it up to it (high's); off")
+                        "down until it passes (the presets'); fill = also amplify a result well inside it up to it (an explicit choice; zoomed in, it can show on smooth skin); off")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")

@@ -129,10 +129,9 @@ def within_budget(req: ProtectionRequest, x: torch.Tensor, delta: torch.Tensor, 
     request's budget has ``gate``, whatever the optimiser did (and, for ``gate="fill"``, amplified
     up to it when well inside). Re-measured: never over eps."""
     out, achieved = finalize(x, delta, work.native_budget, work.native_mask)
-    if req.budget.gate == "fill":  # the optimiser's direction, as far as the gate allows
-        out, achieved = visibility.fill_gate(x, delta, work.native_budget, work.native_mask, out, achieved)
-    if req.budget.gate:
-        out, achieved = visibility.within_gate(x, delta, work.native_budget, work.native_mask, out, achieved)
+    if req.budget.gate:  # gate="fill": the optimiser's direction, as far as the gate allows
+        out, achieved = visibility.within_gate(x, delta, work.native_budget, work.native_mask, out, achieved,
+                                               fill=req.budget.gate == "fill")
     if not bool((achieved <= req.budget.eps + 1e-3).all()):
         raise RuntimeError(f"internal error: budget {req.budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
     return out, achieved

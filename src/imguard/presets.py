@@ -26,7 +26,7 @@ __all__ = ["DEFAULT_STRENGTH", "FAST", "INVISIBLE", "TO_THE_GATE", "PRESETS", "S
 INVISIBLE = {"budget": "jnd", "jnd_scale": 1.3, "region": "face", "gate": True}
 #: As far as the gate allows: a flatter map (twice the JND, its energy bounded by a PSNR floor of
 #: 36 dB instead of 37) and ``gate="fill"`` (a result well inside the gate has its change
-#: amplified up to it, :func:`imguard.visibility.fill_gate`). An explicit choice, not a preset's:
+#: amplified up to it, :func:`imguard.visibility.within_gate`). An explicit choice, not a preset's:
 #: measured inside the gate on 7/7 faces, but zoomed 2x it shows a fine mesh on smooth skin, and
 #: it bought dlib's distance 0.40 against 0.34 (docs/benchmarks.md, "Invisible presets").
 TO_THE_GATE = {**INVISIBLE, "jnd_scale": 2.0, "psnr_floor": 36.0, "gate": "fill"}

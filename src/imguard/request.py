@@ -18,9 +18,6 @@ from .engine import EngineConfig
 from .methods import ENGINE_OPTIONS, get_method
 from .presets import DEFAULT_STRENGTH, get_preset
 
-#: the ``gate`` option's values: off, scale down to pass the visibility gate, and also amplify up to it
-GATES = (False, True, "fill")
-
 __all__ = ["DEFAULT_METHOD", "BudgetChoice", "EngineSettings", "ProtectionRequest", "resolve"]
 
 #: the method when neither a method nor a strength preset names one

@@ -181,33 +181,52 @@ def passes(v: Visibility) -> bool:
 FILL_MAX = 2.0
 
 
-def fill_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
-              most: float = FILL_MAX, tries: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
-    """``gate="fill"``: each image whose result already passes the gate (with
-    :data:`GATE_MARGIN`) gets its change amplified, by bisection on the factor in [1, ``most``],
-    to the largest that still passes: the optimiser chose the direction, the gate sets how far
-    it goes (a change that stopped short of the visibility the gate allows protects less than
-    it could). The change is projected on the budget with its map widened by the same factor
-    (:meth:`~imguard.budget.Budget.scaled`, never over eps); flat areas keep their local mean
-    removed. Images that fail the gate are left to :func:`within_gate`. Returns (out, achieved)."""
+def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
+                tries: int = 7, fill: bool = False, fill_tries: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gate on each result (``out``, uint8), measured once per image (with :data:`GATE_MARGIN`):
+
+    - ``gate=True``: a result that fails it gets its perturbation scaled down, by bisection on
+      the factor in [0, 1], to the largest that passes;
+    - ``gate="fill"`` (``fill=True``): also, a result that passes gets its change amplified, by
+      bisection on the factor in [1, :data:`FILL_MAX`], to the largest that still passes: the
+      optimiser chose the direction, the gate sets how far it goes (a change that stopped short
+      of the visibility the gate allows protects less than it could). The change is projected
+      on the budget with its map widened by the same factor (:meth:`~imguard.budget.Budget.scaled`,
+      never over eps); flat areas keep their local mean removed.
+
+    Returns the new (out, achieved)."""
     from .budget import finalize
 
     for i in range(x_native.shape[0]):
-        if not passes(_seen(x_native, delta, i, out[i : i + 1])):
+        inside = passes(_seen(x_native, delta, i, out[i : i + 1]))
+        if inside and not fill:
             continue
         bi = budget.sample(i)
         mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
-        lo, hi, best = 1.0, float(most), None
-        for _ in range(tries):
-            mid = (lo + hi) / 2
-            cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, bi.scaled(mid), mi)
-            if passes(_seen(x_native, delta, i, cand[0])):
-                lo, best = mid, cand
-            else:
-                hi = mid
+        if inside:
+            best = _largest_passing(x_native, delta, i, bi, mi, 1.0, FILL_MAX, fill_tries, None)
+        else:
+            zero = finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
+            best = _largest_passing(x_native, delta, i, bi, mi, 0.0, 1.0, tries, zero)
         if best is not None:
             out[i : i + 1], achieved[i] = best[0], best[1][0]
     return out, achieved
+
+
+def _largest_passing(x_native, delta, i: int, budget, mask, lo: float, hi: float, tries: int, best):
+    """Bisection on the factor of image ``i``'s change in [lo, hi]: the finalised result
+    (uint8, achieved) at the largest factor found that passes the gate, else ``best``. Above 1
+    the budget's map is widened by the factor (:meth:`~imguard.budget.Budget.scaled`)."""
+    from .budget import finalize
+
+    for _ in range(tries):
+        mid = (lo + hi) / 2
+        cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, budget.scaled(mid) if mid > 1 else budget, mask)
+        if passes(_seen(x_native, delta, i, cand[0])):
+            lo, best = mid, cand
+        else:
+            hi = mid
+    return best
 
 
 def _seen(x_native: torch.Tensor, delta: torch.Tensor, i: int, o: torch.Tensor) -> Visibility:
@@ -219,30 +238,3 @@ def _seen(x_native: torch.Tensor, delta: torch.Tensor, i: int, o: torch.Tensor) 
     if a.shape[-2] * a.shape[-1] > VISIBILITY_MAX_PIXELS:
         a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(b, tuple(delta.shape[-2:]))
     return measure(a, b)[0]
-
-
-def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
-                tries: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """``gate=True``: each image whose result (``out``, uint8) fails the gate (with
-    :data:`GATE_MARGIN`) gets its perturbation scaled down, by bisection on the factor, to the
-    largest that passes. Returns the new (out, achieved)."""
-    from .budget import finalize
-
-    def seen(i: int, o: torch.Tensor) -> Visibility:
-        return _seen(x_native, delta, i, o)
-
-    for i in range(x_native.shape[0]):
-        if passes(seen(i, out[i : i + 1])):
-            continue
-        bi = budget.sample(i)
-        mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
-        lo, hi, best = 0.0, 1.0, finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
-        for _ in range(tries):
-            mid = (lo + hi) / 2
-            cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, bi, mi)
-            if passes(seen(i, cand[0])):
-                lo, best = mid, cand
-            else:
-                hi = mid
-        out[i : i + 1], achieved[i] = best[0], best[1][0]
-    return out, achieved

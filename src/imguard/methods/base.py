@@ -38,7 +38,7 @@ class Options:
     psnr_floor: float | None = None
     # gate=True: a result that fails the visibility gate (imguard.visibility.GATE) has its
     # perturbation scaled down until it passes; gate="fill": also, a result well inside it is
-    # amplified, up to the gate (imguard.visibility.fill_gate)
+    # amplified, up to the gate (imguard.visibility.within_gate)
     gate: bool | str = False
     schedule: str = "constant"
     optimizer: str = "sign"
