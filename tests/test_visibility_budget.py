@@ -62,6 +62,43 @@ def test_perceptual_budget_never_exceeds_eps_or_its_map(eps):
     assert b.holds(out.float() / 255 - x, tol=1e-3)
 
 
+def test_perceptual_budget_in_bands_is_the_whole_images_map():
+    """A big photo's map is computed in bands of rows; the bands must join without seams (each
+    reads beyond its rows by the widest window of the map)."""
+    from imguard.budget import perceptual_budget
+
+    x = half_flat_half_textured(64, seed=3).repeat(1, 1, 3, 1)  # 192 rows
+    whole = Budget.perceptual(x, 8)
+    banded = perceptual_budget(x, 8, band_rows=40)
+    assert torch.allclose(banded.radius_map, whole.radius_map, atol=1e-6)
+    assert torch.allclose(banded.flat_weight, whole.flat_weight, atol=1e-6)
+
+
+def test_measure_in_bands_is_the_whole_images(monkeypatch):
+    """Big photos are measured in bands of rows; the result is the whole image's (PSNR and
+    SSIM as imguard.metrics defines them, the flat measure as its docstring does)."""
+    import importlib
+
+    vis = importlib.import_module("imguard.visibility")
+    from imguard.metrics import psnr, ssim
+    from kornia.filters import gaussian_blur2d
+
+    a = half_flat_half_textured(64, seed=5).repeat(1, 1, 2, 1)[..., :101, :]
+    b = (a + torch.randn(a.shape, generator=torch.Generator().manual_seed(0)) * 0.01).clamp(0, 1)
+    b[..., 10:30, 5:20] += 0.02  # a patch on the flat part: the low-passed change sees it
+    whole = measure(a, b)[0]
+    monkeypatch.setattr(vis, "MEASURE_BAND_ROWS", 24)
+    banded = measure(a, b)[0]
+    lp = gaussian_blur2d(b - a, (9, 9), (1.5, 1.5))
+    flat = vis.flat_mask(a).expand_as(lp)
+    flat_ref = float((lp.pow(2) * flat).sum() / flat.sum()) ** 0.5 * 255
+    for v in (whole, banded):
+        assert v.psnr == pytest.approx(float(psnr(a, b)[0]), abs=1e-4)
+        assert v.ssim == pytest.approx(float(ssim(a, b)[0]), abs=1e-6)
+        assert v.flat == pytest.approx(flat_ref, rel=1e-5) and v.flat > 0.5
+        assert v.flat_share == pytest.approx(float(flat[:, :1].float().mean()), abs=1e-6)
+
+
 def test_perceptual_budget_is_fine_grained_on_flat_areas():
     """The projection takes the local mean out on flat areas: a uniform push there is removed."""
     x = half_flat_half_textured()

@@ -78,19 +78,47 @@ def _gaussian_lowpass(d: torch.Tensor, sigma: float = 1.5, size: int = 9) -> tor
 def flat_region_change(original: torch.Tensor, protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per sample: (flat-region measure in /255, flat share). See the module docstring."""
     a, b = original.detach().float(), protected.detach().float().to(original.device)
-    lp = _gaussian_lowpass(b - a)
-    flat = flat_mask(a).expand_as(lp)
-    n = flat.flatten(1).sum(1)
-    rms = (lp.pow(2) * flat).flatten(1).sum(1).div(n.clamp_min(1)).sqrt() * 255.0
-    share = flat[:, :1].flatten(1).float().mean(1)
-    return torch.where(n > 0, rms, torch.zeros_like(rms)), share
+    t = _band_sums(a, b, 0, a.shape[-2], ssim=False)
+    return _flat_of(t), t["flat_n"] / t["pixels"]
+
+
+#: rows measured at once: bands of this many rows (and a halo of :data:`MEASURE_HALO` rows
+#: either side, the widest window of the measures: SSIM's 11x11) keep the temporaries of a big
+#: photo in cache; the sums are the whole image's
+MEASURE_BAND_ROWS = 256
+MEASURE_HALO = 8
+
+
+def _band_sums(a: torch.Tensor, b: torch.Tensor, r0: int, r1: int, ssim: bool = True) -> dict:
+    """Per sample, over rows ``r0:r1`` of the pair (windows read up to :data:`MEASURE_HALO`
+    rows beyond): the sums the measures are made of."""
+    H = a.shape[-2]
+    h0, h1 = max(0, r0 - MEASURE_HALO), min(H, r1 + MEASURE_HALO)
+    ab, bb = a[..., h0:h1, :].contiguous(), b[..., h0:h1, :].contiguous()
+    own = slice(r0 - h0, r0 - h0 + (r1 - r0))
+    d = bb - ab
+    lp = _gaussian_lowpass(d)[..., own, :]
+    flat = flat_mask(ab)[..., own, :]
+    out = {"sq": d[..., own, :].pow(2).flatten(1).sum(1),
+           "flat_sq": (lp.pow(2) * flat).flatten(1).sum(1), "flat_n": flat.flatten(1).sum(1).float(),
+           "pixels": torch.full((a.shape[0],), float((r1 - r0) * a.shape[-1]), device=a.device)}
+    if ssim:
+        from kornia.metrics import ssim as k_ssim
+
+        out["ssim"] = k_ssim(ab, bb, 11, max_val=1.0)[..., own, :].flatten(1).sum(1)
+    return out
+
+
+def _flat_of(t: dict) -> torch.Tensor:
+    n = t["flat_n"]
+    rms = (t["flat_sq"] / (3 * n).clamp_min(1)).sqrt() * 255.0  # RMS over the three channels of the flat pixels
+    return torch.where(n > 0, rms, torch.zeros_like(rms))
 
 
 def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) -> list[Visibility]:
     """Visibility of each pair of a batch ([B,3,H,W] in [0,1]). ``lpips``: an
-    :class:`~imguard.metrics.LPIPSMetric`, or None to leave LPIPS out."""
-    from .metrics import psnr, ssim
-
+    :class:`~imguard.metrics.LPIPSMetric`, or None to leave LPIPS out. Big photos are measured
+    in bands of rows (:data:`MEASURE_BAND_ROWS`), with the same result as the whole image."""
     if original.shape != protected.shape:
         raise ValueError(f"visibility needs the original and the protected image at the same size, "
                          f"got {tuple(original.shape)} and {tuple(protected.shape)}")
@@ -99,8 +127,13 @@ def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) 
     if side < MIN_SIDE:  # too small for SSIM's window: measured enlarged (nearest), which keeps PSNR exact
         k = -(-MIN_SIDE // side)
         a, b = (F.interpolate(t, scale_factor=k, mode="nearest") for t in (a, b))
-    p, s = psnr(a, b), ssim(a, b)
-    fl, share = flat_region_change(a, b)
+    H = a.shape[-2]
+    bands = [_band_sums(a, b, r0, min(H, r0 + MEASURE_BAND_ROWS)) for r0 in range(0, H, MEASURE_BAND_ROWS)]
+    t = {k: sum(s[k] for s in bands) for k in bands[0]}
+    mse = t["sq"] / (3 * t["pixels"])
+    p = 10.0 * torch.log10(1.0 / mse)  # mse == 0 -> inf
+    s = t["ssim"] / (3 * t["pixels"])
+    fl, share = _flat_of(t), t["flat_n"] / t["pixels"]
     lp = [None] * a.shape[0]
     if lpips is not None:
         with torch.no_grad():
