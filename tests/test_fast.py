@@ -11,6 +11,7 @@ from PIL import Image
 from conftest import TinyRecognizer, requires_assets
 from imguard.fast import SHIPPED, load_weights
 from imguard.fast.train import TrainConfig, train
+from imguard.models.autoencoder import IdentityAutoencoder
 
 
 def _synthetic_faces(folder, n=4, size=64):
@@ -127,9 +128,11 @@ def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
     d = y - x
     assert res.strength == "fast" and max(res.achieved) <= 8 + 1e-3
     assert float(d.abs().max()) > 0  # it changed something
-    assert Budget.perceptual(x, 8).holds(d, tol=1.01)  # inside the perceptual map (8-bit rounding)
+    assert Budget.perceptual(x, 8, load_weights().jnd_scale).holds(d, tol=1.01)  # inside the perceptual map (8-bit rounding)
     assert res.visibility[0].invisible, res.visibility[0].line()
     assert res.faces and res.faces[0]["member"] in range(load_weights().k)
+    steps = res.options["timings"][0]
+    assert {"detect", "assign", "warp", "map", "finalize", "gate"} <= set(steps) and all(v >= 0 for v in steps.values())
     again = fast_protector.protect(img)
     assert np.array_equal(np.asarray(again), np.asarray(res.image))  # no randomness without refine
 
@@ -151,3 +154,60 @@ def test_fast_refuses_steps_and_large_eps(fast_protector):
         fast_protector.protect(torch.rand(1, 3, 32, 32), steps=5)
     with pytest.raises(ValueError, match="eps <= 8"):
         fast_protector.protect(torch.rand(1, 3, 32, 32), eps=12)
+
+
+def _weights_file(path, faces_scale=1.0, jnd_scale=None):
+    """The shipped weights, changed: a file of the kind ``imguard train-fast`` writes."""
+    w = load_weights()
+    meta = dict(w.meta) | ({"jnd_scale": jnd_scale} if jnd_scale is not None else {})
+    type(w)((w.faces * faces_scale).clamp(-1, 1), w.tile, w.margin, meta).save(path)
+    return path
+
+
+@requires_assets
+def test_fast_weights_option_uses_the_given_file(dev_face, fast_protector, tmp_path):
+    img = Image.open(dev_face).convert("RGB").resize((160, 160))
+    shipped = fast_protector.protect(img, return_result=True)
+    mine = fast_protector.protect(img, fast_weights=_weights_file(tmp_path / "neg.safetensors", -1.0), return_result=True)
+    assert not np.array_equal(np.asarray(mine.image), np.asarray(shipped.image))
+    assert mine.options["weights"]["iterations"] == shipped.options["weights"]["iterations"]
+    with pytest.raises(FileNotFoundError, match="train-fast"):
+        fast_protector.protect(img, fast_weights=tmp_path / "missing.safetensors")
+
+
+@requires_assets
+def test_fast_result_that_fails_the_gate_is_scaled_into_it(dev_face, tmp_path):
+    """Saturated weights (+-1 everywhere) over a map that allows eps everywhere fail the gate as
+    they are; the fast mode measures every result and scales such a one down until it passes."""
+    from imguard.budget import Budget
+    from imguard.fast.infer import FastProtect
+    from imguard.io import to_tensor
+    from imguard.models import load_face_recognizer
+    from imguard.visibility import measure
+
+    path = _weights_file(tmp_path / "loud.safetensors", 1e4)
+    fp = FastProtect(path, face_model=load_face_recognizer("sface"), vae=IdentityAutoencoder(), detector="mtcnn")
+    x, _ = to_tensor(Image.open(dev_face).convert("RGB").resize((256, 256)))
+    everywhere = Budget(8, "linf", radius_map=torch.full((1, 1, 256, 256), 8 / 255))
+    loud = fp.protect(x, budget=everywhere, gate=False)
+    kept = fp.protect(x, budget=everywhere)
+    seen_loud = measure(x, loud.image.float() / 255)[0]
+    seen_kept = measure(x, kept.image.float() / 255)[0]
+    assert not seen_loud.invisible and seen_kept.invisible, (seen_loud.line(), seen_kept.line())
+    assert 0 < kept.achieved <= loud.achieved <= 8 + 1e-3
+
+
+def test_fast_score_choices_are_checked():
+    from imguard.fast.infer import FastProtect
+
+    with pytest.raises(ValueError, match="image, roundtrip"):
+        FastProtect(face_model=TinyRecognizer(), vae=IdentityAutoencoder(), detector=None, score="latent")
+
+
+def test_cli_fast_weights_needs_fast(tmp_path, capsys):
+    from imguard.cli import main
+
+    img = tmp_path / "a.png"
+    Image.new("RGB", (32, 32)).save(img)
+    rc = main(["protect", str(img), "-o", str(tmp_path / "out"), "--strength", "low", "--fast-weights", "w.safetensors"])
+    assert rc == 2 and "--strength fast" in capsys.readouterr().err

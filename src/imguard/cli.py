@@ -62,6 +62,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
             options["require_face"] = True
         if args.refine is not None and args.strength != "fast":
             raise ValueError("--refine N continues the fast mode: use it with --strength fast (or give --steps to the other strengths)")
+        if getattr(args, "fast_weights", None) is not None and args.strength != "fast":
+            raise ValueError("--fast-weights FILE gives the fast mode its weights: use it with --strength fast")
         if args.strength == "fast" and args.steps is not None:
             raise ValueError("--strength fast does not optimise; give --refine N for N optimisation steps from its start")
         req = resolve(method=args.method, strength=args.strength, eps=args.eps, steps=args.steps,
@@ -79,6 +81,8 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     kwargs = {"method": req.method, "strength": req.strength, "eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
     if req.strength == "fast":
         settings["refine"] = kwargs["refine"] = args.refine or 0
+        if getattr(args, "fast_weights", None) is not None:
+            settings["fast_weights"] = kwargs["fast_weights"] = str(Path(args.fast_weights).resolve())
     return settings, kwargs
 
 
@@ -297,7 +301,7 @@ def _cmd_train_fast(args: argparse.Namespace) -> int:
     from .runtime import set_threads
 
     set_threads(args.threads)
-    cfg = TrainConfig(k=args.k, size=args.size, batch=args.batch, lr=args.lr, eps=args.eps, seed=args.seed,
+    cfg = TrainConfig(k=args.k, size=args.size, batch=args.batch, lr=args.lr, eps=args.eps, jnd_scale=args.jnd_scale, seed=args.seed,
                       iterations=args.iterations, face_model=args.face_model, vae=args.vae, save_every=args.save_every)
     train(args.faces, args.out, cfg, device=args.device, resume=not args.no_resume, minutes=args.minutes,
           progress=not args.quiet)
@@ -572,6 +576,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "fast: pre-trained perturbations, about a second a photo")
     p.add_argument("--refine", type=_positive_int, default=None, metavar="N",
                    help="with --strength fast: N optimisation steps from the pre-trained start (stronger, slower)")
+    p.add_argument("--fast-weights", default=None, metavar="FILE",
+                   help="with --strength fast: a weights file made by `imguard train-fast` (default: the one shipped with imguard)")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="CPU threads torch may use (default: the cores this process may use, from its CPU affinity)")
     p.add_argument("--method", default=None, help="protection method; without --strength it runs with its own defaults (see `imguard methods`)")
@@ -622,17 +628,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tf.add_argument("--faces", required=True, metavar="DIR", help="folder of face photos to train on (e.g. ../shared/assets/faces/train)")
     tf.add_argument("--out", required=True, metavar="FILE", help="the weights file to write (.safetensors; OUT.ckpt beside it)")
-    tf.add_argument("--iterations", type=_positive_int, default=300, help="total iterations (a resumed run continues up to this; default 300)")
+    from .fast.train import TrainConfig
+
+    d = TrainConfig()
+    tf.add_argument("--iterations", type=_positive_int, default=d.iterations, help=f"total iterations (a resumed run continues up to this; default {d.iterations})")
     tf.add_argument("--minutes", type=float, default=None, help="stop (saved, resumable) after this many minutes")
-    tf.add_argument("--k", type=_positive_int, default=4, help="perturbations in the mixture (default 4)")
-    tf.add_argument("--size", type=_positive_int, default=128, help="face frame size in pixels (default 128)")
-    tf.add_argument("--batch", type=_positive_int, default=8, help="faces per iteration (default 8)")
-    tf.add_argument("--lr", type=float, default=0.1, help="Adam learning rate (default 0.1)")
-    tf.add_argument("--eps", type=float, default=8.0, help="budget cap in /255 units (default 8)")
-    tf.add_argument("--seed", type=int, default=0, help="random seed (default 0): the same seed and faces give the same weights")
-    tf.add_argument("--face-model", default="sface,facenet,mobilefacenet,faceres", help="recognizers to attack (default: those of --strength high)")
-    tf.add_argument("--vae", default="taesd,taef2", help="autoencoders to attack (default: those of --strength high)")
-    tf.add_argument("--save-every", type=_positive_int, default=5, help="iterations between checkpoints (default 5)")
+    tf.add_argument("--k", type=_positive_int, default=d.k, help=f"perturbations in the mixture (default {d.k})")
+    tf.add_argument("--size", type=_positive_int, default=d.size, help=f"face frame size in pixels (default {d.size})")
+    tf.add_argument("--batch", type=_positive_int, default=d.batch, help=f"faces per iteration (default {d.batch})")
+    tf.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate (default {d.lr:g})")
+    tf.add_argument("--eps", type=float, default=d.eps, help=f"budget cap in /255 units (default {d.eps:g})")
+    tf.add_argument("--jnd-scale", type=float, default=d.jnd_scale,
+                    help=f"scale of the perceptual map the perturbations fill (default {d.jnd_scale:g}, that of every preset)")
+    tf.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed}): the same seed and faces give the same weights")
+    tf.add_argument("--face-model", default=d.face_model, help="recognizers to attack (default: those of --strength high)")
+    tf.add_argument("--vae", default=d.vae, help="autoencoders to attack (default: those of --strength high)")
+    tf.add_argument("--save-every", type=_positive_int, default=d.save_every, help=f"iterations between checkpoints (default {d.save_every})")
     tf.add_argument("--no-resume", action="store_true", help="start over even when OUT.ckpt exists")
     tf.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     tf.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: the cores this process may use)")

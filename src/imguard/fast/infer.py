@@ -1,8 +1,9 @@
 """Fast-mode inference: detect the faces once, pick for each the member of the mixture that hides
-it best (one batched pass of the surrogates over the K candidates, in the face frame), warp it
+it best (one batched pass of the recognizers over the K candidates, in the face frame), warp it
 onto the face with the inverse of its alignment, fill the rest of the photo with the tile, scale
-by the perceptual radius map (<= eps), project, quantize. ``refine`` continues from that start
-with a few steps of the engine (FaceLock against the same surrogates)."""
+by the perceptual radius map (<= eps), project, quantize, and hold the result to the visibility
+gate. ``refine`` continues from that start with a few steps of the engine (FaceLock against the
+same surrogates)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,27 @@ class FastOutput:
     loss_history: torch.Tensor | None = None
     initial_loss: float = math.nan
     final_loss: float = math.nan
+    timings: dict = field(default_factory=dict)  #: seconds per step (detect, assign, warp, map, finalize, gate)
+
+
+class _Clock:
+    """Times each step of one protection (synchronising CUDA, so the figures are the step's)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.seconds: dict[str, float] = {}
+        self.t0 = time.perf_counter()
+
+    def __call__(self, name: str, fn: Any, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = fn(*args)
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t, 4)
+        return out
+
+    def total(self) -> float:
+        return time.perf_counter() - self.t0
 
 
 def _feather(size: int, device: torch.device) -> torch.Tensor:
@@ -60,11 +82,16 @@ class FastProtect:
 
     ``face_model``: the recognizers the assignment scores candidates with (a loaded module or
     ensemble; default: those the weights were trained against); ``vae``: the autoencoder(s),
-    the first one's round trip scores them; ``detector``: MTCNN or an object with ``detect_all``.
+    the first one's round trip scores them; ``detector``: MTCNN or an object with ``detect_all``;
+    ``score``: how the assignment scores a candidate: ``"roundtrip"`` (the recognizers after the
+    autoencoder's round trip, as training did) or ``"image"`` (the recognizers on the protected
+    crop itself: no autoencoder pass, about half the fast mode's time on a CPU).
     """
 
+    SCORES = ("image", "roundtrip")
+
     def __init__(self, weights: Any = None, device: torch.device | str = "cpu", face_model: Any = None,
-                 vae: Any = None, detector: Any = "mtcnn"):
+                 vae: Any = None, detector: Any = "mtcnn", score: str = "image"):
         from ..models import load_autoencoder, load_face_recognizer
 
         self.device = torch.device(device)
@@ -74,6 +101,10 @@ class FastProtect:
             meta.get("face_model", "sface,facenet,mobilefacenet,faceres"), self.device)
         self.autoencoder = autoencoders_of(vae if vae is not None else load_autoencoder(meta.get("vae", "taesd,taef2"), self.device))[0]
         self.detector = FaceDetector(self.device, keep_all=True) if detector == "mtcnn" else detector
+        if score not in self.SCORES:
+            raise ValueError(f"unknown score {score!r}; choose one of: {', '.join(self.SCORES)}")
+        self.score = score
+        self.last_timings: dict[str, float] = {}
 
     # -- the steps -----------------------------------------------------------------------------
     def detect(self, x: torch.Tensor) -> list[Face]:
@@ -110,9 +141,9 @@ class FastProtect:
             clean = frame_embedder(self.face_model, boxes, S, w.margin).embed_all(frames)
             cand = frames.repeat_interleave(K, 0)
             units = w.faces.repeat(len(faces), 1, 1, 1)
-            d, _ = unit_delta(cand, units, float(w.meta.get("eps", 8.0)))
+            d, _ = unit_delta(cand, units, float(w.meta.get("eps", 8.0)), w.jnd_scale)
             xa = (cand + d).clamp(0, 1)
-            recon = self.autoencoder.decode(self.autoencoder.encode(xa))
+            recon = self.autoencoder.decode(self.autoencoder.encode(xa)) if self.score == "roundtrip" else xa
             emb = frame_embedder(self.face_model, [b for b in boxes for _ in range(K)], S, w.margin)
             scores = identity_loss(emb, [c.repeat_interleave(K, 0) for c in clean], recon).view(len(faces), K).cpu()
         return mats, [int(k) for k in scores.argmin(1)], scores
@@ -136,23 +167,29 @@ class FastProtect:
         return out.clamp(-1, 1)
 
     # -- the whole -------------------------------------------------------------------------------
-    def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None) -> FastOutput:
-        """Protect one image [1,3,H,W] in [0,1] (native size)."""
+    def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None, gate: bool = True) -> FastOutput:
+        """Protect one image [1,3,H,W] in [0,1] (native size). ``gate``: the result is measured
+        and, should it fail the visibility gate, scaled down until it passes (as every preset's)."""
         from ..budget import perceptual_budget
+        from ..visibility import within_gate
 
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"the fast mode protects one image [1,3,H,W] at a time, got {tuple(x.shape)}")
-        t0 = time.perf_counter()
+        clock = _Clock(self.device)
         x = x.to(self.device).float()
-        faces = self.detect(x)
-        mats, ks, scores = self.assign(x, faces)
-        u = self.units(x, mats, ks)
-        budget = budget or perceptual_budget(x, eps, 1.0)
-        out, achieved = finalize(x, u * budget.radius_map.to(u.device), budget)
+        faces = clock("detect", self.detect, x)
+        mats, ks, scores = clock("assign", self.assign, x, faces)
+        u = clock("warp", self.units, x, mats, ks)
+        budget = budget or clock("map", perceptual_budget, x, eps, self.weights.jnd_scale)
+        delta = u * budget.radius_map.to(u.device)
+        out, achieved = clock("finalize", finalize, x, delta, budget)
+        if gate:
+            out, achieved = clock("gate", within_gate, x, delta, budget, None, out, achieved)
         info = [{"box": [float(v) for v in f.box], "member": k, "scores": [round(float(s), 4) for s in row]}
                 for f, k, row in zip(faces, ks, scores)]
+        self.last_timings = clock.seconds  # the last protection's steps, for benchmarks/fast.py
         return FastOutput(image=out, achieved=float(achieved.max()), budget=budget, faces=info,
-                          seconds=time.perf_counter() - t0)
+                          seconds=clock.total(), timings=clock.seconds)
 
     def refine(self, x: torch.Tensor, start: FastOutput, steps: int, models: Any, seed: int = 0,
                amp_dtype: torch.dtype | None = None, callback: Any = None) -> FastOutput:
@@ -163,6 +200,7 @@ class FastProtect:
         from ..io import resize_image, working_shape
         from ..methods import ENGINE_OPTIONS, get_method
         from ..transforms import get_eot
+        from ..visibility import within_gate
 
         if int(steps) < 1:
             raise ValueError(f"refine must be a whole number of steps >= 1, got {steps!r}")
@@ -186,6 +224,8 @@ class FastProtect:
         delta = start.image.to(self.device).float().div(255) - x + F.interpolate(
             res.delta - start_delta, size=(H, W), mode="bilinear", align_corners=False)
         out, achieved = finalize(x, delta, start.budget)
+        out, achieved = within_gate(x, delta, start.budget, None, out, achieved)
         return FastOutput(image=out, achieved=float(achieved.max()), budget=start.budget, faces=start.faces,
                           seconds=start.seconds + time.perf_counter() - t0, refine_steps=int(steps),
+                          timings={**start.timings, "refine": round(time.perf_counter() - t0, 4)},
                           loss_history=res.history, initial_loss=float(res.initial_loss[0]), final_loss=float(res.final_loss[0]))

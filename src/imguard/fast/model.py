@@ -39,6 +39,12 @@ class FastWeights:
     def size(self) -> int:
         return int(self.faces.shape[-1])
 
+    @property
+    def jnd_scale(self) -> float:
+        """The perceptual map's scale the perturbations were trained to fill (1.0 for files
+        written before it was recorded)."""
+        return float(self.meta.get("jnd_scale", 1.0))
+
     def to(self, device: torch.device | str) -> "FastWeights":
         return FastWeights(self.faces.to(device), self.tile.to(device), self.margin, dict(self.meta))
 
@@ -73,10 +79,11 @@ def load_weights(path: str | Path | None = None, device: torch.device | str = "c
     return FastWeights(faces.to(device), tile.to(device), float(md["margin"]), json.loads(md.get("meta", "{}"))).to(device)
 
 
-def unit_delta(frames: torch.Tensor, units: torch.Tensor, eps: float) -> tuple[torch.Tensor, Budget]:
+def unit_delta(frames: torch.Tensor, units: torch.Tensor, eps: float, scale: float = 1.0) -> tuple[torch.Tensor, Budget]:
     """The perturbation of frame crops ``frames`` [B,3,S,S] for ``units`` [B,3,S,S] in [-1,1]:
-    scaled by each crop's perceptual radius map (<= eps/255) and projected onto that budget."""
-    budget = Budget.perceptual(frames, eps)
+    scaled by each crop's perceptual radius map (``scale`` times the JND, <= eps/255) and
+    projected onto that budget."""
+    budget = Budget.perceptual(frames, eps, scale)
     return budget.project(units * budget.radius_map), budget
 
 

@@ -13,16 +13,20 @@ from .infer import FastProtect
 __all__ = ["protect_fast", "fast_for"]
 
 
-def fast_for(protector: Any) -> FastProtect:
-    """The protector's :class:`FastProtect` (made once, with the models of the ``fast`` strength)."""
-    fp = getattr(protector, "_fast", None)
+def fast_for(protector: Any, weights: Any = None) -> FastProtect:
+    """The protector's :class:`FastProtect` for ``weights`` (a file made by ``imguard
+    train-fast``; None: the shipped one), made once per file with the models of the ``fast``
+    strength."""
+    cache = protector.__dict__.setdefault("_fast", {})
+    key = None if weights is None else str(weights)
+    fp = cache.get(key)
     if fp is None:
         models = protector.models_for("fast")
         det = models.detector
         if det is not None and not hasattr(det, "detect_all"):
             det = None
-        fp = FastProtect(device=protector.device, face_model=models.face, vae=models.autoencoder, detector=det)
-        protector._fast = fp
+        fp = FastProtect(weights, device=protector.device, face_model=models.face, vae=models.autoencoder, detector=det)
+        cache[key] = fp
     return fp
 
 
@@ -40,15 +44,17 @@ def protect_fast(
     names: Sequence[str] | None = None,
     **options: Any,
 ):
-    """Protect ``image`` (any type :func:`imguard.protect` takes) with the fast mode."""
+    """Protect ``image`` (any type :func:`imguard.protect` takes) with the fast mode;
+    ``fast_weights``: a weights file made by ``imguard train-fast`` (default: the shipped one)."""
     from ..result import ProtectionResult
     from ..visibility import of_result as _visibility
     from ..io import from_tensor, resize_image, to_tensor, working_shape
     from ..request import resolve
 
-    unknown = sorted(k for k, v in options.items() if v is not None and k not in ("early_stop", "faces_first", "rest", "mask", "method"))
+    unknown = sorted(k for k, v in options.items()
+                     if v is not None and k not in ("early_stop", "faces_first", "rest", "mask", "method", "fast_weights"))
     if unknown or options.get("mask") is not None:
-        raise TypeError(f"strength='fast' takes eps, refine, seed (not {', '.join(unknown) or 'mask'}); "
+        raise TypeError(f"strength='fast' takes eps, refine, seed, fast_weights (not {', '.join(unknown) or 'mask'}); "
                         "use strength='low', 'medium' or 'high' for the optimisation's options")
     if steps is not None:
         raise TypeError("strength='fast' does not optimise; pass refine=N (N optimisation steps from the fast start) instead of steps")
@@ -61,7 +67,7 @@ def protect_fast(
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
     t0 = time.perf_counter()
     x_all, info = to_tensor(image, name=(names or [None])[0], max_pixels=protector.max_pixels)
-    fp = fast_for(protector)
+    fp = fast_for(protector, options.get("fast_weights"))
     outs, results = [], []
     with protector._lock:
         for b in range(x_all.shape[0]):
@@ -104,7 +110,8 @@ def protect_fast(
         steps=refine, seed=seed, working_size=tuple(size), models=models.describe(),
         loss_history=hist if hist is not None else torch.zeros(0, len(results)),
         initial_loss=[r.initial_loss for r in results], final_loss=[r.final_loss for r in results],
-        seconds=time.perf_counter() - t0, options={"budget": "jnd", "refine": refine, "weights": fp.weights.meta},
+        seconds=time.perf_counter() - t0, options={"budget": "jnd", "refine": refine, "weights": fp.weights.meta,
+                                                        "timings": [r.timings for r in results]},
         strength="fast", faces=[f for r in results for f in r.faces] or None, check=checks, visibility=seen,
         steps_run=[r.refine_steps for r in results], maximize=True,
     )

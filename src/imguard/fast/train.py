@@ -47,6 +47,7 @@ class TrainConfig:
     margin: float = 1.8  #: the frame spans this many times ArcFace's 112 px crop
     tile: int = 64  #: tile size in pixels (its period at a 512 px working size)
     eps: float = 8.0  #: the cap, /255
+    jnd_scale: float = 1.3  #: the perceptual map's scale (that of every preset: imguard.presets.INVISIBLE)
     iterations: int = 300
     batch: int = 8
     lr: float = 0.1
@@ -117,6 +118,8 @@ def train(
     cfg = cfg or TrainConfig()
     if cfg.k < 1 or cfg.batch < 1 or cfg.iterations < 0 or cfg.size < 16:
         raise ValueError("k, batch must be >= 1, iterations >= 0, size >= 16")
+    if not (0 < cfg.jnd_scale <= 4 and math.isfinite(cfg.jnd_scale)):
+        raise ValueError(f"jnd_scale must be in (0, 4], got {cfg.jnd_scale!r}")
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
     out = Path(out)
@@ -129,12 +132,12 @@ def train(
     # the aligned faces and their clean targets, computed once and kept beside the checkpoint
     data_path = out.with_name(out.name + ".data")
     key = {"files": [p.name for p in files], "size": cfg.size, "margin": cfg.margin, "load_size": cfg.load_size,
-           "eps": cfg.eps, "face_model": cfg.face_model, "vae": cfg.vae}
+           "eps": cfg.eps, "jnd_scale": cfg.jnd_scale, "face_model": cfg.face_model, "vae": cfg.vae}
     data = torch.load(data_path, map_location=dev, weights_only=False) if resume and data_path.is_file() else None
     if data is None or data["key"] != key or isinstance(face_model, torch.nn.Module):
         frames, boxes = prepare_faces(files, cfg, det)
         frames = frames.to(dev)
-        budget_all = Budget.perceptual(frames, cfg.eps)
+        budget_all = Budget.perceptual(frames, cfg.eps, cfg.jnd_scale)
         with torch.no_grad():
             clean = frame_embedder(recognizer, list(boxes), cfg.size, cfg.margin).embed_all(frames)
             z_clean = [ae.encode(frames).float() for ae in aes]
@@ -168,7 +171,7 @@ def train(
 
     def save() -> FastWeights:
         w = FastWeights(torch.tanh(params.detach()), torch.tanh(tile.detach()), cfg.margin, meta={
-            "k": cfg.k, "size": cfg.size, "eps": cfg.eps, "iterations": state["iteration"], "faces": n,
+            "k": cfg.k, "size": cfg.size, "eps": cfg.eps, "jnd_scale": cfg.jnd_scale, "iterations": state["iteration"], "faces": n,
             "face_model": cfg.face_model if not isinstance(face_model, torch.nn.Module) else getattr(face_model, "name", "module"),
             "vae": cfg.vae if not isinstance(vae, torch.nn.Module) else "module", "eot": cfg.eot, "seed": cfg.seed,
             "train_seconds": round(state["seconds"], 1),
