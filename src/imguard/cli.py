@@ -62,7 +62,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
             options["require_face"] = True
         if args.refine is not None and args.strength != "fast":
             raise ValueError("--refine N continues the fast mode: use it with --strength fast (or give --steps to the other strengths)")
-        if getattr(args, "fast_weights", None) is not None and args.strength != "fast":
+        if args.fast_weights is not None and args.strength != "fast":
             raise ValueError("--fast-weights FILE gives the fast mode its weights: use it with --strength fast")
         if args.strength == "fast" and args.steps is not None:
             raise ValueError("--strength fast does not optimise; give --refine N for N optimisation steps from its start")
@@ -81,7 +81,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
     kwargs = {"method": req.method, "strength": req.strength, "eps": args.eps, "steps": args.steps, "seed": args.seed, **options}
     if req.strength == "fast":
         settings["refine"] = kwargs["refine"] = args.refine or 0
-        if getattr(args, "fast_weights", None) is not None:
+        if args.fast_weights is not None:
             settings["fast_weights"] = kwargs["fast_weights"] = str(Path(args.fast_weights).resolve())
     return settings, kwargs
 

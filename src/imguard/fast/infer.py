@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..budget import Budget, finalize
 from ..models import Face, FaceDetector, autoencoders_of
+from ..visibility import within_gate
 from .frame import frame_box, frame_matrix, frame_region, from_frame, to_frame
 from .model import FastWeights, frame_embedder, identity_loss, load_weights, tile_to, unit_delta
 
@@ -171,7 +172,6 @@ class FastProtect:
         """Protect one image [1,3,H,W] in [0,1] (native size). ``gate``: the result is measured
         and, should it fail the visibility gate, scaled down until it passes (as every preset's)."""
         from ..budget import perceptual_budget
-        from ..visibility import within_gate
 
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
             raise ValueError(f"the fast mode protects one image [1,3,H,W] at a time, got {tuple(x.shape)}")
@@ -200,7 +200,6 @@ class FastProtect:
         from ..io import resize_image, working_shape
         from ..methods import ENGINE_OPTIONS, get_method
         from ..transforms import get_eot
-        from ..visibility import within_gate
 
         if int(steps) < 1:
             raise ValueError(f"refine must be a whole number of steps >= 1, got {steps!r}")
