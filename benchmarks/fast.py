@@ -14,7 +14,8 @@ Other strengths (low, medium, high) may be named in ``--configs`` too (slow on a
 ``none``: the clean image, whose row says what the round trips alone cost dlib.
 ``--megapixels 12`` also times the first photo enlarged (bicubic) to that many megapixels (the
 issue's "12-megapixel photo with one face"; its visibility is measured, its effect is the
-photo's). ``--weights FILE`` measures a file from ``imguard train-fast`` instead of the shipped
+photo's); ``--repeat N`` times each photo N times and reports the median run (a shared or virtual
+CPU varies by 20-30 % from run to run). ``--weights FILE`` measures a file from ``imguard train-fast`` instead of the shipped
 one; ``--score image`` scores the assignment without the autoencoder. For the fast mode each row
 keeps the seconds of each step (detect, assign, warp, map, finalize, gate).
 Writes OUT/report.json and prints a Markdown table.
@@ -65,6 +66,8 @@ def main(argv=None) -> int:
     ap.add_argument("--megapixels", type=float, default=12.0, help="also time the first photo enlarged to this many megapixels (0: no)")
     ap.add_argument("--weights", default=None, help="fast-mode weights file (default: the shipped one)")
     ap.add_argument("--score", default="image", choices=["image", "roundtrip"], help="how the fast mode's assignment scores")
+    ap.add_argument("--repeat", type=int, default=1, help="time each photo this many times and keep the median run (its steps too)")
+    ap.add_argument("--repeat-faces", action="store_true", help="--repeat applies to the faces as well")
     args = ap.parse_args(argv)
     threads = set_threads(args.threads)
     dev = torch.device(args.device)
@@ -107,15 +110,23 @@ def main(argv=None) -> int:
         for kind, stem, x in items:
             if kind.endswith("MP") and name != "fast":
                 continue  # the enlarged photo times the fast mode only
-            t0 = time.perf_counter()
-            out = p.protect(x, seed=args.seed, **opts)
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            secs = time.perf_counter() - t0
+            times, steps = [], []
+            for _ in range(args.repeat if kind != "face" or args.repeat_faces else 1):
+                t0 = time.perf_counter()
+                out = p.protect(x, seed=args.seed, **opts)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize()
+                times.append(time.perf_counter() - t0)
+                if name == "fast":
+                    steps.append(dict(fast_for(p, args.weights).last_timings))
+            order = sorted(range(len(times)), key=times.__getitem__)
+            mid = order[(len(times) - 1) // 2]  # the median run (the lower one of an even count)
             x, out = x.to(dev), out.to(dev)
-            row = {"config": text, "kind": kind, "image": stem, "size": list(x.shape[-2:]), "seconds": round(secs, 3)}
+            row = {"config": text, "kind": kind, "image": stem, "size": list(x.shape[-2:]), "seconds": round(times[mid], 3)}
+            if len(times) > 1:
+                row["seconds_each"] = [round(t, 3) for t in times]
             if name == "fast":
-                row["steps"] = dict(fast_for(p, args.weights).last_timings)
+                row["steps"] = steps[mid]
             v = measure(x, out)[0]
             row.update(psnr=round(v.psnr, 2), ssim=round(v.ssim, 4), flat=round(v.flat, 3), invisible=v.invisible)
             if kind.endswith("MP"):  # timed and measured; its effect is the photo's

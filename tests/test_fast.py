@@ -195,6 +195,10 @@ def test_fast_result_that_fails_the_gate_is_scaled_into_it(dev_face, tmp_path):
     seen_kept = measure(x, kept.image.float() / 255)[0]
     assert not seen_loud.invisible and seen_kept.invisible, (seen_loud.line(), seen_kept.line())
     assert 0 < kept.achieved <= loud.achieved <= 8 + 1e-3
+    # the gate's own measure of the result it kept is handed on (a big photo is not measured twice)
+    assert loud.visibility is None and kept.visibility is not None
+    assert (kept.visibility.psnr, kept.visibility.ssim, kept.visibility.flat) == pytest.approx(
+        (seen_kept.psnr, seen_kept.ssim, seen_kept.flat), abs=1e-6)
 
 
 def test_fast_score_choices_are_checked():

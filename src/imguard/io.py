@@ -450,8 +450,9 @@ def _tensor_to_tensor(image: torch.Tensor, name: str, max_pixels):
         x = t.float() / 255.0
     elif t.is_floating_point():
         x = t.float()
-        finite = bool(torch.isfinite(x).all())
-        lo, hi = (float(x.min()), float(x.max())) if finite else (0.0, 0.0)
+        lo_t, hi_t = torch.aminmax(x)  # one pass; a NaN or an inf anywhere shows in them
+        finite = bool(torch.isfinite(lo_t) & torch.isfinite(hi_t))
+        lo, hi = (float(lo_t), float(hi_t)) if finite else (0.0, 0.0)
         _check_float_values(name, finite, lo, hi, "torch.nan_to_num")
         if lo < 0 or hi > 1:  # within the tolerance: clipped (no full-size copy otherwise)
             x = x.clamp(0, 1)
@@ -472,7 +473,7 @@ def from_tensor(x: torch.Tensor, info: ImageInfo):
     x = x.detach()
     if info.kind == "tensor":
         if x.dtype == torch.uint8:  # 8-bit levels (the protected image from budget.finalize)
-            out = x if info.dtype == torch.uint8 else (x.float() / 255.0).to(info.dtype)
+            out = x if info.dtype == torch.uint8 else x.float().div_(255.0).to(info.dtype)
         else:
             x = x.float().clamp(0, 1)
             out = (x * 255).round().to(torch.uint8) if info.dtype == torch.uint8 else x.to(info.dtype)

@@ -1,7 +1,7 @@
 """How visible is a protection? One set of measures for every result, table and page.
 
 ``psnr``   peak signal-to-noise ratio of the change, dB (higher = less visible)
-``ssim``   structural similarity, 11x11 Gaussian window on [0,1] (kornia), mean of the map
+``ssim``   structural similarity, 11x11 Gaussian window on [0,1] (kornia's arithmetic), mean of the map
 ``lpips``  learned perceptual distance (AlexNet LPIPS), where its weights load; else None
 ``flat``   the **flat-region measure**: the change low-passed by a Gaussian (sigma 1.5, 9x9
            kernel), RMS in /255 over all three channels, taken over the pixels where the
@@ -25,9 +25,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .budget import FLAT_STD, local_std, luminance
+from .budget import FLAT_STD, gaussian_blur, local_std, luminance
 
-__all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure"]
+__all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
 
 #: The invisibility gate: flat-region change at most, PSNR and SSIM at least.
 GATE = {"flat": 1.0, "psnr": 36.0, "ssim": 0.95}
@@ -70,9 +70,7 @@ def flat_mask(x: torch.Tensor, threshold: float = FLAT_STD) -> torch.Tensor:
 
 
 def _gaussian_lowpass(d: torch.Tensor, sigma: float = 1.5, size: int = 9) -> torch.Tensor:
-    from kornia.filters import gaussian_blur2d
-
-    return gaussian_blur2d(d, (size, size), (sigma, sigma))
+    return gaussian_blur(d, size, sigma, "reflect")
 
 
 def flat_region_change(original: torch.Tensor, protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,12 +87,17 @@ MEASURE_BAND_ROWS = 256
 MEASURE_HALO = 8
 
 
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    """[0,1] floats of an image (8-bit levels as uint8 divided by 255), contiguous."""
+    return t.float().div_(255) if t.dtype == torch.uint8 else t.float().contiguous()
+
+
 def _band_sums(a: torch.Tensor, b: torch.Tensor, r0: int, r1: int, ssim: bool = True) -> dict:
     """Per sample, over rows ``r0:r1`` of the pair (windows read up to :data:`MEASURE_HALO`
     rows beyond): the sums the measures are made of."""
     H = a.shape[-2]
     h0, h1 = max(0, r0 - MEASURE_HALO), min(H, r1 + MEASURE_HALO)
-    ab, bb = a[..., h0:h1, :].contiguous(), b[..., h0:h1, :].contiguous()
+    ab, bb = a[..., h0:h1, :].contiguous(), _as_float(b[..., h0:h1, :])
     own = slice(r0 - h0, r0 - h0 + (r1 - r0))
     d = bb - ab
     lp = _gaussian_lowpass(d)[..., own, :]
@@ -103,10 +106,44 @@ def _band_sums(a: torch.Tensor, b: torch.Tensor, r0: int, r1: int, ssim: bool = 
            "flat_sq": (lp.pow(2) * flat).flatten(1).sum(1), "flat_n": flat.flatten(1).sum(1).float(),
            "pixels": torch.full((a.shape[0],), float((r1 - r0) * a.shape[-1]), device=a.device)}
     if ssim:
-        from kornia.metrics import ssim as k_ssim
-
-        out["ssim"] = k_ssim(ab, bb, 11, max_val=1.0)[..., own, :].flatten(1).sum(1)
+        out["ssim"] = ssim_map(ab, bb)[..., own, :].flatten(1).sum(1)
     return out
+
+
+#: SSIM's constants for images in [0,1] (Wang et al. 2004: K1 0.01, K2 0.03) and its window
+_C1, _C2, SSIM_WINDOW, SSIM_SIGMA = 0.01**2, 0.03**2, 11, 1.5
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The SSIM map of two images [B,C,H,W] in [0,1] (no gradient): 11x11 Gaussian window, sigma
+    1.5, reflected borders: ``kornia.metrics.ssim(a, b, 11, max_val=1.0)`` to float rounding
+    (tests hold the two equal). Both images are padded once and, on a CPU, convolved
+    channels-last (kornia pads each moment before each of its two passes), and four moments are
+    blurred, not five (the denominator needs only the sum of the two variances): well under half
+    kornia's time on a big photo."""
+    from kornia.filters import get_gaussian_kernel1d
+
+    r, C = SSIM_WINDOW // 2, a.shape[1]
+    k = get_gaussian_kernel1d(SSIM_WINDOW, SSIM_SIGMA, device=a.device, dtype=a.dtype)
+    wx, wy = k.view(1, 1, 1, -1).expand(C, 1, 1, -1), k.view(1, 1, -1, 1).expand(C, 1, -1, 1)
+    fmt = torch.channels_last if a.device.type == "cpu" else torch.contiguous_format
+    a, b = (F.pad(t, (r, r, r, r), mode="reflect").contiguous(memory_format=fmt) for t in (a, b))
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(t, wx, groups=C), wy, groups=C)
+
+    with torch.no_grad():
+        mu1, mu2 = blur(a), blur(b)
+        mu12 = mu1 * mu2
+        msq = mu1.pow_(2).add_(mu2.pow_(2))
+        del mu2
+        # the denominator needs only sigma1^2 + sigma2^2: one blur of a^2 + b^2 (blurring is linear)
+        var = blur(torch.addcmul(a * a, b, b)).sub_(msq)
+        den = msq.add_(_C1).mul_(var.add_(_C2))
+        del var
+        s12 = blur(a * b).sub_(mu12)
+        num = mu12.mul_(2.0).add_(_C1).mul_(s12.mul_(2.0).add_(_C2))
+        return num.div_(den.add_(1e-12))
 
 
 def _flat_of(t: dict) -> torch.Tensor:
@@ -116,17 +153,20 @@ def _flat_of(t: dict) -> torch.Tensor:
 
 
 def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) -> list[Visibility]:
-    """Visibility of each pair of a batch ([B,3,H,W] in [0,1]). ``lpips``: an
-    :class:`~imguard.metrics.LPIPSMetric`, or None to leave LPIPS out. Big photos are measured
-    in bands of rows (:data:`MEASURE_BAND_ROWS`), with the same result as the whole image."""
+    """Visibility of each pair of a batch ([B,3,H,W] in [0,1]; ``protected`` may also be 8-bit
+    levels as uint8, converted band by band). ``lpips``: an :class:`~imguard.metrics.LPIPSMetric`,
+    or None to leave LPIPS out. Big photos are measured in bands of rows
+    (:data:`MEASURE_BAND_ROWS`), with the same result as the whole image."""
     if original.shape != protected.shape:
         raise ValueError(f"visibility needs the original and the protected image at the same size, "
                          f"got {tuple(original.shape)} and {tuple(protected.shape)}")
-    a, b = original.detach().float(), protected.detach().float().to(original.device)
+    a = original.detach().float()
+    b = protected.detach().to(original.device)
+    b = b if b.dtype == torch.uint8 else b.float()
     side = min(a.shape[-2:])
     if side < MIN_SIDE:  # too small for SSIM's window: measured enlarged (nearest), which keeps PSNR exact
         k = -(-MIN_SIDE // side)
-        a, b = (F.interpolate(t, scale_factor=k, mode="nearest") for t in (a, b))
+        a, b = (F.interpolate(_as_float(t), scale_factor=k, mode="nearest") for t in (a, b))
     H = a.shape[-2]
     bands = [_band_sums(a, b, r0, min(H, r0 + MEASURE_BAND_ROWS)) for r0 in range(0, H, MEASURE_BAND_ROWS)]
     t = {k: sum(s[k] for s in bands) for k in bands[0]}
@@ -137,7 +177,7 @@ def measure(original: torch.Tensor, protected: torch.Tensor, lpips: Any = None) 
     lp = [None] * a.shape[0]
     if lpips is not None:
         with torch.no_grad():
-            lp = [float(v) for v in lpips(a, b).flatten()]
+            lp = [float(v) for v in lpips(a, _as_float(b)).flatten()]
     return [Visibility(psnr=float(p[i]), ssim=float(s[i]), flat=float(fl[i]), flat_share=float(share[i]), lpips=lp[i])
             for i in range(a.shape[0])]
 
@@ -186,14 +226,17 @@ VISIBILITY_MAX_PIXELS = 16_000_000
 GATE_MARGIN = {"flat": 0.05, "psnr": 0.3, "ssim": 0.003}
 
 
-def of_result(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor) -> list[Visibility]:
+def of_result(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Tensor, out_work: torch.Tensor,
+              seen: list[Visibility] | None = None) -> list[Visibility]:
     """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
     SSIM and the flat-region change at the native size (at the working size above
-    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size."""
+    :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size. ``seen``: those already measured
+    (by :func:`within_gate`), one per image: only LPIPS is added."""
     H, W = x_native.shape[-2:]
-    if H * W <= VISIBILITY_MAX_PIXELS:
-        out01 = out_native.float().div(255) if out_native.dtype == torch.uint8 else out_native.float()
-        seen = measure(x_native.float(), out01.to(x_native.device))
+    if seen is not None and len(seen) == x_native.shape[0]:
+        seen = list(seen)
+    elif H * W <= VISIBILITY_MAX_PIXELS:
+        seen = measure(x_native.float(), out_native.to(x_native.device))  # uint8: converted band by band
     else:
         seen = measure(x_work, out_work)
     lp = _default_lpips(x_work.device)
@@ -215,7 +258,8 @@ FILL_MAX = 2.0
 
 
 def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
-                tries: int = 7, fill: bool = False, fill_tries: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+                tries: int = 7, fill: bool = False, fill_tries: int = 6,
+                seen: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gate on each result (``out``, uint8), measured once per image (with :data:`GATE_MARGIN`):
 
     - ``gate=True``: a result that fails it gets its perturbation scaled down, by bisection on
@@ -227,36 +271,46 @@ def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: 
       on the budget with its map widened by the same factor (:meth:`~imguard.budget.Budget.scaled`,
       never over eps); flat areas keep their local mean removed.
 
-    Returns the new (out, achieved)."""
+    Returns the new (out, achieved). ``seen``: a list that receives, per image, the
+    :class:`Visibility` of the result returned, as the gate measured it (LPIPS left out), so a
+    caller need not measure a big photo twice.
+    """
     from .budget import finalize
 
     for i in range(x_native.shape[0]):
-        inside = passes(_seen(x_native, delta, i, out[i : i + 1]))
+        v = _seen(x_native, delta, i, out[i : i + 1])
+        inside = passes(v)
         if inside and not fill:
+            if seen is not None:
+                seen.append(v)
             continue
         bi = budget.sample(i)
         mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
         if inside:
-            best = _largest_passing(x_native, delta, i, bi, mi, 1.0, FILL_MAX, fill_tries, None)
+            best = _largest_passing(x_native, delta, i, bi, mi, 1.0, FILL_MAX, fill_tries, (None, v))
         else:
             zero = finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
-            best = _largest_passing(x_native, delta, i, bi, mi, 0.0, 1.0, tries, zero)
-        if best is not None:
-            out[i : i + 1], achieved[i] = best[0], best[1][0]
+            best = _largest_passing(x_native, delta, i, bi, mi, 0.0, 1.0, tries, (zero, None))
+        result, v = best
+        if result is not None:
+            out[i : i + 1], achieved[i] = result[0], result[1][0]
+        if seen is not None:
+            seen.append(v if v is not None else _seen(x_native, delta, i, out[i : i + 1]))
     return out, achieved
 
 
 def _largest_passing(x_native, delta, i: int, budget, mask, lo: float, hi: float, tries: int, best):
-    """Bisection on the factor of image ``i``'s change in [lo, hi]: the finalised result
-    (uint8, achieved) at the largest factor found that passes the gate, else ``best``. Above 1
-    the budget's map is widened by the factor (:meth:`~imguard.budget.Budget.scaled`)."""
+    """Bisection on the factor of image ``i``'s change in [lo, hi]: (the finalised result (uint8,
+    achieved), its visibility) at the largest factor found that passes the gate, else ``best``.
+    Above 1 the budget's map is widened by the factor (:meth:`~imguard.budget.Budget.scaled`)."""
     from .budget import finalize
 
     for _ in range(tries):
         mid = (lo + hi) / 2
         cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, budget.scaled(mid) if mid > 1 else budget, mask)
-        if passes(_seen(x_native, delta, i, cand[0])):
-            lo, best = mid, cand
+        v = _seen(x_native, delta, i, cand[0])
+        if passes(v):
+            lo, best = mid, (cand, v)
         else:
             hi = mid
     return best
@@ -267,7 +321,7 @@ def _seen(x_native: torch.Tensor, delta: torch.Tensor, i: int, o: torch.Tensor) 
     :data:`VISIBILITY_MAX_PIXELS`)."""
     from .io import resize_image
 
-    a, b = x_native[i : i + 1].float(), o.float().div(255).to(x_native.device)
+    a, b = x_native[i : i + 1].float(), o.to(x_native.device)  # uint8: measured band by band
     if a.shape[-2] * a.shape[-1] > VISIBILITY_MAX_PIXELS:
-        a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(b, tuple(delta.shape[-2:]))
+        a, b = resize_image(a, tuple(delta.shape[-2:])), resize_image(_as_float(b), tuple(delta.shape[-2:]))
     return measure(a, b)[0]

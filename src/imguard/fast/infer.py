@@ -48,6 +48,7 @@ class FastOutput:
     initial_loss: float = math.nan
     final_loss: float = math.nan
     timings: dict = field(default_factory=dict)  #: seconds per step (detect, assign, warp, map, finalize, gate)
+    visibility: Any = None  #: the result's :class:`~imguard.visibility.Visibility` as the gate measured it (None: no gate)
 
 
 class _Clock:
@@ -155,7 +156,7 @@ class FastProtect:
         H, W = x.shape[-2:]
         w = self.weights
         period = max(8, int(round(w.tile.shape[-1] * max(1.0, max(H, W) / TILE_REFERENCE))))
-        out = tile_to(w.tile, H, W, period)[None].clone()
+        out = tile_to(w.tile, H, W, period)[None]  # a fresh tensor (tile_to repeats): written in place
         feather = _feather(w.size, self.device)
         for m, k in zip(mats, ks):
             region = frame_region(m, w.size, H, W)
@@ -165,7 +166,7 @@ class FastProtect:
             warped = from_frame(torch.cat([w.faces[k], feather]), m, region)
             face_u, cover = warped[:3], warped[3:].clamp(0, 1)
             out[0, :, y0:y1, x0:x1] = cover * face_u + (1 - cover) * out[0, :, y0:y1, x0:x1]
-        return out.clamp(-1, 1)
+        return out  # in [-1,1]: the members and the tile are (load_weights clamps them), and so are their blends
 
     # -- the whole -------------------------------------------------------------------------------
     def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None, gate: bool = True) -> FastOutput:
@@ -183,13 +184,14 @@ class FastProtect:
         budget = budget or clock("map", perceptual_budget, x, eps, self.weights.jnd_scale)
         delta = u * budget.radius_map.to(u.device)
         out, achieved = clock("finalize", finalize, x, delta, budget)
+        seen: list = []
         if gate:
-            out, achieved = clock("gate", within_gate, x, delta, budget, None, out, achieved)
+            out, achieved = clock("gate", lambda: within_gate(x, delta, budget, None, out, achieved, seen=seen))
         info = [{"box": [float(v) for v in f.box], "member": k, "scores": [round(float(s), 4) for s in row]}
                 for f, k, row in zip(faces, ks, scores)]
         self.last_timings = clock.seconds  # the last protection's steps, for benchmarks/fast.py
         return FastOutput(image=out, achieved=float(achieved.max()), budget=budget, faces=info,
-                          seconds=clock.total(), timings=clock.seconds)
+                          seconds=clock.total(), timings=clock.seconds, visibility=seen[0] if seen else None)
 
     def refine(self, x: torch.Tensor, start: FastOutput, steps: int, models: Any, seed: int = 0,
                amp_dtype: torch.dtype | None = None, callback: Any = None) -> FastOutput:
@@ -223,8 +225,10 @@ class FastProtect:
         delta = start.image.to(self.device).float().div(255) - x + F.interpolate(
             res.delta - start_delta, size=(H, W), mode="bilinear", align_corners=False)
         out, achieved = finalize(x, delta, start.budget)
-        out, achieved = within_gate(x, delta, start.budget, None, out, achieved)
+        seen: list = []
+        out, achieved = within_gate(x, delta, start.budget, None, out, achieved, seen=seen)
         return FastOutput(image=out, achieved=float(achieved.max()), budget=start.budget, faces=start.faces,
+                          visibility=seen[0],
                           seconds=start.seconds + time.perf_counter() - t0, refine_steps=int(steps),
                           timings={**start.timings, "refine": round(time.perf_counter() - t0, 4)},
                           loss_history=res.history, initial_loss=float(res.initial_loss[0]), final_loss=float(res.final_loss[0]))

@@ -73,7 +73,7 @@ def load_weights(path: str | Path | None = None, device: torch.device | str = "c
         keys = set(f.keys())
         if not {"faces", "tile"} <= keys or "margin" not in md:
             raise ValueError(f"{p} is not a fast-mode weights file (needs tensors 'faces' and 'tile' and a 'margin' entry)")
-        faces, tile = f.get_tensor("faces").float(), f.get_tensor("tile").float()
+        faces, tile = f.get_tensor("faces").float().clamp(-1, 1), f.get_tensor("tile").float().clamp(-1, 1)
     if faces.dim() != 4 or faces.shape[1] != 3 or faces.shape[-1] != faces.shape[-2] or tile.dim() != 3:
         raise ValueError(f"{p}: faces must be [K,3,S,S] and tile [3,T,T], got {tuple(faces.shape)} and {tuple(tile.shape)}")
     return FastWeights(faces.to(device), tile.to(device), float(md["margin"]), json.loads(md.get("meta", "{}"))).to(device)

@@ -101,7 +101,8 @@ def protect_fast(
     size = working_shape(H, W, protector.working_size)
     x_work = resize_image(x_all.to(protector.device), size)
     out_work = resize_image(out.to(protector.device).float().div(255), size)
-    seen = _visibility(x_all, out, x_work, out_work)
+    gated = [r.visibility for r in results]  # measured by the gate already: a big photo is not measured twice
+    seen = _visibility(x_all, out, x_work, out_work, seen=gated if None not in gated else None)
     models = protector.models_for("fast")
     checks = protector._check(x_work, out_work, models) if protector.check_enabled else None
     hist = results[0].loss_history if refine else torch.zeros(0, len(results))
