@@ -241,6 +241,10 @@ def test_gate_true_scales_a_visible_result_down_until_it_passes(tiny_protector):
     quiet = tiny_protector.protect(img, steps=3, seed=0, budget="linf", eps=16, gate=True, return_result=True)
     assert quiet.visibility[0].invisible, quiet.visibility[0].line()
     assert 0 < quiet.achieved[0] < loud.achieved[0]
+    # the visibility reported is the gate's own measure of the image returned (not taken twice)
+    again = measure(img, quiet.image[None] if quiet.image.dim() == 3 else quiet.image)[0]
+    assert (quiet.visibility[0].psnr, quiet.visibility[0].ssim, quiet.visibility[0].flat) == pytest.approx(
+        (again.psnr, again.ssim, again.flat), abs=1e-6)
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 40), (5, 7)])

@@ -148,9 +148,10 @@ class Protector:
             work = pipeline.working_copy(x, mask, req, self.working_size, self.device)
             run, sims = pipeline.optimise(req, models, work, seed, amp_dtype=self.amp_dtype, cache=self.speedups, names=names,
                                           progress=progress, callback=callback, early_stop=early_stop, similarity=return_result)
-            out, achieved = pipeline.within_budget(req, x, run.delta, work)
+            gated: list = []  # the gate's measure of each result, reported as it is
+            out, achieved = pipeline.within_budget(req, x, run.delta, work, seen=gated)
             check = self._check if self.check_enabled else None
-            checks, seen = pipeline.report(req, x, out, work, models, check) if return_result else (None, None)
+            checks, seen = pipeline.report(req, x, out, work, models, check, seen=gated) if return_result else (None, None)
         image_out = from_tensor(out, info)
         if not return_result:
             return image_out

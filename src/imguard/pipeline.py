@@ -123,26 +123,29 @@ def margin_stop(m, ctx, opts: dict, steps: int):
     return stop
 
 
-def within_budget(req: ProtectionRequest, x: torch.Tensor, delta: torch.Tensor, work: Work) -> tuple[torch.Tensor, torch.Tensor]:
+def within_budget(req: ProtectionRequest, x: torch.Tensor, delta: torch.Tensor, work: Work,
+                  seen: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 3: the protected image (uint8, native size; finalised in row bands) and the budget
     each image used (/255 units); scaled down until it passes the visibility gate when the
     request's budget has ``gate``, whatever the optimiser did (and, for ``gate="fill"``, amplified
-    up to it when well inside). Re-measured: never over eps."""
+    up to it when well inside). Re-measured: never over eps. ``seen``: a list that receives the
+    gate's measure of each result (left empty without the gate), for :func:`report`."""
     out, achieved = finalize(x, delta, work.native_budget, work.native_mask)
     if req.budget.gate:  # gate="fill": the optimiser's direction, as far as the gate allows
         out, achieved = visibility.within_gate(x, delta, work.native_budget, work.native_mask, out, achieved,
-                                               fill=req.budget.gate == "fill")
+                                               fill=req.budget.gate == "fill", seen=seen)
     if not bool((achieved <= req.budget.eps + 1e-3).all()):
         raise RuntimeError(f"internal error: budget {req.budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
     return out, achieved
 
 
 def report(req: ProtectionRequest, x: torch.Tensor, out: torch.Tensor, work: Work, models: Models,
-           check: Callable | None) -> tuple[list | None, list]:
+           check: Callable | None, seen: list | None = None) -> tuple[list | None, list]:
     """Step 4: (the protection check, or None; the visibility) of a result. The check (``check``,
-    None when off) runs for face methods, at the working size."""
+    None when off) runs for face methods, at the working size. ``seen``: the gate's measure of
+    each result (from :func:`within_budget`), not taken again."""
     out_work = resize_image(out.to(work.x.device).float().div_(255), work.size)
-    seen = visibility.of_result(x, out, work.x, out_work)
+    seen = visibility.of_result(x, out, work.x, out_work, seen=seen or None)
     checks = check(work.x, out_work, models) if check is not None and "face" in get_method(req.method).needs else None
     return checks, seen
 
