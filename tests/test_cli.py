@@ -111,3 +111,14 @@ def test_batches_helper():
     from imguard.bulk import batches as _batches
 
     assert _batches([1, 1, 1, 2, 2, 1], key=lambda v: v, size=2) == [[1, 1], [1], [2, 2], [1]]
+
+
+def test_no_check_builds_a_protector_without_the_check():
+    from imguard.cli import _protector_factory, build_parser
+
+    parser = build_parser()
+    on = parser.parse_args(["protect", "a.png", "-o", "out", "--strength", "fast"])
+    off = parser.parse_args(["protect", "a.png", "-o", "out", "--strength", "fast", "--no-check"])
+    settings = {"working_size": 512}
+    assert _protector_factory(on, settings).keywords["check"] is True
+    assert _protector_factory(off, settings).keywords["check"] is False
