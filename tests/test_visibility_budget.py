@@ -97,7 +97,7 @@ def test_measure_in_bands_is_the_whole_images(monkeypatch):
         assert v.psnr == pytest.approx(float(psnr(a, b)[0]), abs=1e-4)
         # SSIM to float rounding: within 1e-6 of kornia's in double precision (its float32 map is 6e-6 off it here)
         assert v.ssim == pytest.approx(float(k_ssim(a.double(), b.double(), 11, max_val=1.0).mean()), abs=1e-6)
-        assert v.ssim == pytest.approx(float(ssim(a, b)[0]), abs=2e-5)
+        assert v.ssim == pytest.approx(float(ssim(a, b)[0]), abs=1e-6)  # the same map, whole or banded
         assert v.flat == pytest.approx(flat_ref, rel=1e-5) and v.flat > 0.5
         assert v.flat_share == pytest.approx(float(flat[:, :1].float().mean()), abs=1e-6)
 

@@ -43,10 +43,16 @@ def psnr(a: torch.Tensor, b: torch.Tensor, max_val: float = 1.0) -> torch.Tensor
 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, window_size: int = 11) -> torch.Tensor:
-    """Structural similarity per sample (mean of kornia's SSIM map, Gaussian window): [B]."""
+    """Structural similarity per sample (mean of the SSIM map, Gaussian window of sigma 1.5): [B].
+    The 11x11 window is :func:`imguard.visibility.ssim_map`'s, the one every visibility report
+    uses; other sizes are kornia's."""
+    a, b = _pair(a, b)
+    if window_size == 11:
+        from .visibility import ssim_map
+
+        return ssim_map(a, b).flatten(1).mean(dim=1)
     from kornia.metrics import ssim as k_ssim
 
-    a, b = _pair(a, b)
     return k_ssim(a, b, window_size, max_val=1.0).flatten(1).mean(dim=1)
 
 
