@@ -278,18 +278,18 @@ def test_box_mean_is_average_pooling_without_the_padding(shape, size):
 
 @pytest.mark.parametrize("border", ["reflect", "replicate"])
 @pytest.mark.parametrize("size", [9, 11])
-def test_gaussian_blur_and_ssim_map_are_kornias(border, size):
+def test_gaussian_smooth_and_ssim_map_are_kornias(border, size):
     from kornia.filters import gaussian_blur2d
     from kornia.metrics import ssim as k_ssim
 
-    from imguard.budget import gaussian_blur
+    from imguard.budget import gaussian_smooth
     from imguard.visibility import ssim_map
 
     g = torch.Generator().manual_seed(size)
     a = torch.rand(2, 3, 23, 40, generator=g)
     b = (a + torch.randn(a.shape, generator=g) * 0.05).clamp(0, 1)
     ref = gaussian_blur2d(a, (size, size), (1.5, 1.5), border_type=border)
-    assert torch.allclose(gaussian_blur(a, size, 1.5, border), ref, atol=1e-6)
+    assert torch.allclose(gaussian_smooth(a, size, 1.5, border), ref, atol=1e-6)
     assert torch.allclose(ssim_map(a, b), k_ssim(a, b, 11, max_val=1.0), atol=1e-5)
 
 

@@ -250,9 +250,11 @@ SSIM_TARGET = 0.965
 _SSIM_C2 = (0.03 * 255.0) ** 2  # SSIM's contrast constant, in (/255)^2
 
 
-def gaussian_blur(z: torch.Tensor, size: int, sigma: float, border: str = "reflect") -> torch.Tensor:
-    """``kornia.filters.gaussian_blur2d(z, (size, size), (sigma, sigma), border_type=border)`` (no
-    gradient), equal to float rounding: the image is padded once (``border``: ``"reflect"`` or
+def gaussian_smooth(z: torch.Tensor, size: int, sigma: float, border: str = "reflect") -> torch.Tensor:
+    """The fixed Gaussian smoothing of the maps and measures (no gradient; the attack's blur
+    transform is :func:`imguard.transforms.gaussian_blur`, differentiable). Equal to float
+    rounding to ``kornia.filters.gaussian_blur2d(z, (size, size), (sigma, sigma),
+    border_type=border)``: the image is padded once (``border``: ``"reflect"`` or
     ``"replicate"``) and convolved by the two 1-D kernels, on a CPU channels-last (oneDNN's fast
     layout for depthwise convolutions), where kornia pads before each pass: about twice as fast
     on a big photo."""
@@ -278,8 +280,8 @@ def contrast_masking_map(x: torch.Tensor, target: float | None = None) -> torch.
     area, growing in proportion to the local contrast on texture. The smallest of the three
     channels counts. [B,1,H,W]."""
     xf = x.float() * 255.0
-    mu = gaussian_blur(xf, 11, 1.5, "replicate")
-    var = (gaussian_blur(xf * xf, 11, 1.5, "replicate") - mu * mu).clamp_min(0)
+    mu = gaussian_smooth(xf, 11, 1.5, "replicate")
+    var = (gaussian_smooth(xf * xf, 11, 1.5, "replicate") - mu * mu).clamp_min(0)
     target = SSIM_TARGET if target is None else float(target)
     bound = ((2 * var + _SSIM_C2) * (1.0 / target - 1.0)).sqrt()
     return bound.amin(dim=1, keepdim=True)

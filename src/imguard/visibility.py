@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .budget import FLAT_STD, gaussian_blur, local_std, luminance
+from .budget import FLAT_STD, gaussian_smooth, local_std, luminance
 
 __all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
 
@@ -70,7 +70,7 @@ def flat_mask(x: torch.Tensor, threshold: float = FLAT_STD) -> torch.Tensor:
 
 
 def _gaussian_lowpass(d: torch.Tensor, sigma: float = 1.5, size: int = 9) -> torch.Tensor:
-    return gaussian_blur(d, size, sigma, "reflect")
+    return gaussian_smooth(d, size, sigma, "reflect")
 
 
 def flat_region_change(original: torch.Tensor, protected: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
