@@ -321,3 +321,21 @@ def test_within_gate_hands_on_its_measure_of_each_result(fill):
         again = measure(x[i : i + 1], out[i : i + 1])[0]
         assert (seen[i].psnr, seen[i].ssim, seen[i].flat) == pytest.approx((again.psnr, again.ssim, again.flat), abs=1e-9)
         assert again.invisible
+
+
+def test_of_result_reports_the_gates_measure_when_given(monkeypatch):
+    """A result's visibility is the gate's measure when the gate took one (at any size: the fast
+    mode's gate measures a photo over the pixel cap at its native size), else measured here."""
+    import importlib
+
+    vis = importlib.import_module("imguard.visibility")
+    x = half_flat_half_textured(64, seed=8)
+    out = ((x + 3 / 255).clamp(0, 1) * 255).round().to(torch.uint8)
+    x_work = torch.nn.functional.interpolate(x, size=(32, 32), mode="area")
+    out_work = torch.nn.functional.interpolate(out.float() / 255, size=(32, 32), mode="area")
+    given = Visibility(psnr=41.0, ssim=0.99, flat=0.2, flat_share=0.5)
+    monkeypatch.setattr(vis, "VISIBILITY_MAX_PIXELS", 100)  # the 64x64 photo is "over the cap"
+    kept = vis.of_result(x, out, x_work, out_work, seen=[given])[0]
+    assert (kept.psnr, kept.ssim, kept.flat) == (41.0, 0.99, 0.2)
+    measured = vis.of_result(x, out, x_work, out_work)[0]  # no gate: measured at the working size over the cap
+    assert measured.psnr == pytest.approx(measure(x_work, out_work)[0].psnr)

@@ -231,10 +231,10 @@ def of_result(x_native: torch.Tensor, out_native: torch.Tensor, x_work: torch.Te
     """Visibility of each result (``out_native``: 8-bit levels as uint8, or [0,1] floats): PSNR,
     SSIM and the flat-region change at the native size (at the working size above
     :data:`VISIBILITY_MAX_PIXELS`), LPIPS at the working size. ``seen``: those already measured
-    (by :func:`within_gate`, at the native size), one per image: below the pixel cap only LPIPS is
-    added to them."""
+    (by :func:`within_gate`: at the size its gate measured, the native one for the fast mode at
+    any size), one per image: only LPIPS is added to them."""
     H, W = x_native.shape[-2:]
-    if seen is not None and len(seen) == x_native.shape[0] and H * W <= VISIBILITY_MAX_PIXELS:
+    if seen is not None and len(seen) == x_native.shape[0]:
         seen = list(seen)
     elif H * W <= VISIBILITY_MAX_PIXELS:
         seen = measure(x_native.float(), out_native.to(x_native.device))  # uint8: converted band by band
