@@ -182,7 +182,7 @@ class FastProtect:
         mats, ks, scores = clock("assign", self.assign, x, faces)
         u = clock("warp", self.units, x, mats, ks)
         budget = budget or clock("map", perceptual_budget, x, eps, self.weights.jnd_scale)
-        delta = u * budget.radius_map.to(u.device)
+        delta = u.mul_(budget.radius_map.to(u.device))  # u is fresh from units(): scaled in place
         out, achieved = clock("finalize", finalize, x, delta, budget)
         seen: list = []
         if gate:
