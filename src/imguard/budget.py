@@ -204,11 +204,20 @@ class Budget:
     def holds(self, delta: torch.Tensor, tol: float = 1e-4) -> bool:
         """True when every sample is inside the budget (and every pixel inside its radius map;
         tolerance in /255 units)."""
-        if not bool((self.measure(delta) <= self.eps + tol).all()):
-            return False
+        return self.sized(delta, tol)[1]
+
+    def sized(self, delta: torch.Tensor, tol: float = 1e-4) -> tuple[torch.Tensor, bool]:
+        """(:meth:`measure`, :meth:`holds`) of ``delta`` at once: for linf from one ``abs``."""
+        if self.norm != "linf":
+            size = self.measure(delta)
+            return size, bool((size <= self.eps + tol).all())
+        moved = delta.detach().abs()
+        size = moved.flatten(1).amax(dim=1) * 255.0
+        if not bool((size <= self.eps + tol).all()):
+            return size, False
         if self.radius_map is None:
-            return True
-        return bool((delta.detach().abs() <= self._radius_like(delta) + tol / 255.0).all())
+            return size, True
+        return size, bool((moved <= self._radius_like(moved) + tol / 255.0).all())
 
 
 # -- the just-noticeable-difference model ----------------------------------------------------
@@ -258,16 +267,27 @@ def gaussian_smooth(z: torch.Tensor, size: int, sigma: float, border: str = "ref
     ``"replicate"``) and convolved by the two 1-D kernels, on a CPU channels-last (oneDNN's fast
     layout for depthwise convolutions), where kornia pads before each pass: about twice as fast
     on a big photo."""
+    r = size // 2
+    with torch.no_grad():
+        return gaussian_valid(conv_layout(F.pad(z, (r, r, r, r), mode=border)), size, sigma)
+
+
+def conv_layout(z: torch.Tensor) -> torch.Tensor:
+    """``z`` (a padded image) in the memory layout :func:`gaussian_valid`'s depthwise convolutions
+    are fastest in: channels-last on a CPU (oneDNN), as it is elsewhere."""
+    return z.contiguous(memory_format=torch.channels_last if z.device.type == "cpu" else torch.contiguous_format)
+
+
+def gaussian_valid(zp: torch.Tensor, size: int, sigma: float) -> torch.Tensor:
+    """The ``size`` x ``size`` Gaussian (kornia's kernel) of an image already padded by
+    ``size // 2`` on every side: the two 1-D passes, each channel on its own, the 'valid' part
+    (the image's own size)."""
     from kornia.filters import get_gaussian_kernel1d
 
-    r, C = size // 2, z.shape[1]
-    k = get_gaussian_kernel1d(size, sigma, device=z.device, dtype=z.dtype)
-    fmt = torch.channels_last if z.device.type == "cpu" else torch.contiguous_format
-    with torch.no_grad():
-        zp = F.pad(z, (r, r, r, r), mode=border).contiguous(memory_format=fmt)
-        out = F.conv2d(F.conv2d(zp, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C),
-                       k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
-    return out
+    C = zp.shape[1]
+    k = get_gaussian_kernel1d(size, sigma, device=zp.device, dtype=zp.dtype)
+    return F.conv2d(F.conv2d(zp, k.view(1, 1, 1, -1).expand(C, 1, 1, -1), groups=C),
+                    k.view(1, 1, -1, 1).expand(C, 1, -1, 1), groups=C)
 
 
 def contrast_masking_map(x: torch.Tensor, target: float | None = None) -> torch.Tensor:
@@ -459,9 +479,8 @@ def finalize(x: torch.Tensor, delta: torch.Tensor, budget: Budget, mask: torch.T
         q = quantize(xb, (xb + bb.project(d)).clamp(0, 1), bb)
         if mb is not None:  # rounding must not touch pixels outside the mask
             q = torch.where(mb.expand_as(q) > 0, q, quantize(xb, xb, bb))
-        moved = (q - xb).abs_()  # once for both: the check below and the size achieved (Budget.holds, Budget.measure)
-        size = moved.flatten(1).amax(dim=1) * 255.0
-        if bool((size > bb.eps + 1e-3).any()) or (bb.radius_map is not None and bool((moved > bb._radius_like(moved) + 1e-3 / 255.0).any())):
+        size, ok = bb.sized(q - xb, tol=1e-3)
+        if not ok:
             raise RuntimeError("internal error: the perceptual budget's map was exceeded after quantisation")
         achieved = torch.maximum(achieved, size.to(achieved.device))
         out[:, :, r0:r1] = (q * 255.0).round_().to(torch.uint8).to(x.device)

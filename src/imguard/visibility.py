@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .budget import FLAT_STD, gaussian_smooth, local_std, luminance
+from .budget import FLAT_STD, conv_layout, gaussian_smooth, gaussian_valid, local_std, luminance
 
 __all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
 
@@ -121,16 +121,11 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     channels-last (kornia pads each moment before each of its two passes), and four moments are
     blurred, not five (the denominator needs only the sum of the two variances): well under half
     kornia's time on a big photo."""
-    from kornia.filters import get_gaussian_kernel1d
+    r = SSIM_WINDOW // 2
+    a, b = (conv_layout(F.pad(t, (r, r, r, r), mode="reflect")) for t in (a, b))
 
-    r, C = SSIM_WINDOW // 2, a.shape[1]
-    k = get_gaussian_kernel1d(SSIM_WINDOW, SSIM_SIGMA, device=a.device, dtype=a.dtype)
-    wx, wy = k.view(1, 1, 1, -1).expand(C, 1, 1, -1), k.view(1, 1, -1, 1).expand(C, 1, -1, 1)
-    fmt = torch.channels_last if a.device.type == "cpu" else torch.contiguous_format
-    a, b = (F.pad(t, (r, r, r, r), mode="reflect").contiguous(memory_format=fmt) for t in (a, b))
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.conv2d(t, wx, groups=C), wy, groups=C)
+    def blur(t: torch.Tensor) -> torch.Tensor:  # products of the padded images are the padded products
+        return gaussian_valid(t, SSIM_WINDOW, SSIM_SIGMA)
 
     with torch.no_grad():
         mu1, mu2 = blur(a), blur(b)
