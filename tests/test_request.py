@@ -34,7 +34,10 @@ def test_a_preset_applies_only_to_its_own_method():
     assert resolve(method="photoguard", strength="high") == plain
     assert plain.strength is None and plain.autoencoder is None and plain.budget.eps == 8
     high = resolve(strength="high")
-    assert high.method == "facelock" and high.strength == "high" and high.engine.ti_kernel == 5 and high.budget.kind == "jnd"
+    assert high.method == "facelock" and high.strength == "high" and high.engine.diversity == 0.03 and high.budget.kind == "jnd"
+    # the identity-first objective (docs/benchmarks.md, "An identity-first high"), in high and the default medium
+    for preset in (high, resolve(strength="medium")):
+        assert preset.options["fr_start"] == 0.0 and preset.options["lambda_fe"] == 0.0 and preset.engine.ti_kernel == 0
     assert high.recognizer == PRESETS["high"].face_model
     # a named method with no strength: its own (paper) defaults, not the default strength's
     assert resolve(method="facelock").strength is None and resolve(method="facelock").budget.eps == 4
