@@ -37,7 +37,9 @@ TO_THE_GATE = {**INVISIBLE, "jnd_scale": 2.0, "psnr_floor": 36.0, "gate": "fill"
 #: 0.76-0.77 after the round trip on the dev portraits; from the first step and alone (with a
 #: lighter input diversity, no gradient smoothing and no decoy) they end at 0.45-0.47, and dlib's
 #: distance after TAESD, never attacked, goes from 0.38-0.45 to 0.59-0.60 at 60 steps; over 7
-#: faces at 120 steps from 0.40 to 0.51 on average (docs/benchmarks.md, "An identity-first high").
+#: faces at 120 steps from 0.40 to 0.51 on average, and to 0.58 with both autoencoders every
+#: step for 60 steps (``high``'s ``ae_mode="mean"``, the same cost; docs/benchmarks.md, "An
+#: identity-first high").
 IDENTITY_FIRST = {"fr_start": 0.0, "lambda_fe": 0.0}
 
 
@@ -67,10 +69,10 @@ PRESETS: dict[str, Preset] = {
         options={**INVISIBLE, "eps": 8, "steps": 100, **IDENTITY_FIRST, "momentum": 0.9, "diversity": 0.03},
     ),
     "high": Preset(
-        "high", "strongest: four recognizers, two latent spaces, the identity term from the first step, momentum, JPEG-robust",
+        "high", "strongest: four recognizers, both latent spaces every step, the identity term from the first step, momentum, JPEG-robust",
         method="facelock", face_model="sface,facenet,mobilefacenet,faceres", vae="taesd,taef2",
-        options={**INVISIBLE, "eps": 8, "steps": 120, **IDENTITY_FIRST, "momentum": 0.9, "diversity": 0.03,
-                 "eot": "jpeg,identity", "step_size": 1.0, "schedule": "linear"},
+        options={**INVISIBLE, "eps": 8, "steps": 60, "ae_mode": "mean", **IDENTITY_FIRST, "momentum": 0.9,
+                 "diversity": 0.03, "eot": "jpeg,identity", "step_size": 1.0, "schedule": "linear"},
     ),
 }
 
