@@ -35,20 +35,16 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
-from imguard.io import read_image, to_tensor  # noqa: E402
 from imguard.models import load_autoencoder  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
 from imguard.transforms import jpeg_pil  # noqa: E402
+from transfer import load_faces  # noqa: E402
 
 PROTECTOR_OPTIONS = ("vae", "face_model")
-
-
-def square(path: Path, size: int) -> torch.Tensor:
-    x = to_tensor(read_image(str(path)))[0]
-    return (F.interpolate(x, size=(size, size), mode="bilinear", antialias=True) * 255).round() / 255
 
 
 def resized8(x: torch.Tensor, factor: float) -> torch.Tensor:
@@ -104,7 +100,7 @@ def main(argv=None) -> int:
         built = {k: opts.pop(k) for k in PROTECTOR_OPTIONS if k in opts}
         p = imguard.Protector(strength=args.strength, working_size=args.size, check=False, **built)
         for face in args.faces:
-            x = square(Path(args.root) / f"{face}.png", args.size)
+            _, x = load_faces([Path(args.root) / f"{face}.png"], args.size, None)  # square, on the 8-bit grid
             ref = judge.descriptors(x)[0]
             t0 = time.perf_counter()
             r = p.protect(x, steps=args.steps, seed=args.seed, return_result=True, **opts)
