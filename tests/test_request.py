@@ -39,6 +39,12 @@ def test_a_preset_applies_only_to_its_own_method():
     for preset in (high, resolve(strength="medium")):
         assert preset.options["fr_start"] == 0.0 and preset.options["lambda_fe"] == 0.0 and preset.engine.ti_kernel == 0
     assert high.recognizer == PRESETS["high"].face_model
+    # high: the editor's latent space and the photo itself; TAEF2 left unattacked to judge transfer
+    assert high.autoencoder == "taesd" and high.options["lambda_direct"] == 1.0 and high.engine.steps == 120
+    # fast names the models its shipped file was trained against, whatever high attacks
+    from imguard.fast.train import TrainConfig
+    from imguard.presets import FAST
+    assert (FAST.face_model, FAST.vae) == (TrainConfig.face_model, TrainConfig.vae)
     # a named method with no strength: its own (paper) defaults, not the default strength's
     assert resolve(method="facelock").strength is None and resolve(method="facelock").budget.eps == 4
     assert resolve().strength == "medium"
