@@ -8,9 +8,9 @@ let chosen = [];
 
 // what each strength means for a person (the preset's own description is in the details)
 const PLAIN = {
-  low: "quickest: a light change, protects against the common editors",
-  medium: "balanced: takes longer, protects against more editors",
-  high: "strongest: takes longest, also survives the photo being saved as JPEG",
+  low: "quickest: the lightest protection, against the common editors' autoencoder",
+  medium: "balanced: takes longer, aims at two kinds of editor",
+  high: "strongest: takes longest, also aims at JPEG saving and at editors it never saw",
 };
 
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
