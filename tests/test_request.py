@@ -41,6 +41,8 @@ def test_a_preset_applies_only_to_its_own_method():
     assert high.recognizer == PRESETS["high"].face_model
     # high: the editor's latent space and the photo itself; TAEF2 left unattacked to judge transfer
     assert high.autoencoder == "taesd" and high.options["lambda_direct"] == 1.0 and high.engine.steps == 120
+    medium = resolve(strength="medium")
+    assert medium.autoencoder == "taesd" and medium.options["lambda_direct"] == 1.0 and medium.engine.steps == 100
     # fast names the models its shipped file was trained against, whatever high attacks
     from imguard.fast.train import TrainConfig
     from imguard.presets import FAST
