@@ -9,8 +9,8 @@ let chosen = [];
 // what each strength means for a person (the preset's own description is in the details)
 const PLAIN = {
   low: "quickest: the lightest protection, against the common editors' autoencoder",
-  medium: "balanced: takes longer, aims at two kinds of editor",
-  high: "strongest: takes longest, also aims at JPEG saving and at editors it never saw",
+  medium: "balanced: takes longer, also changes the photo itself for editors it never saw",
+  high: "strongest: takes longest, twice the face models, also aims at JPEG saving",
 };
 
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
