@@ -24,6 +24,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
 from imguard import pipeline  # noqa: E402
@@ -32,6 +33,7 @@ from imguard.io import read_image, resize_image, to_tensor, working_shape  # noq
 from imguard.models import load_autoencoder  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
+from transfer import write_rows  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -88,9 +90,7 @@ def main(argv=None) -> int:
                              "ssim": round(r.visibility[0].ssim, 4), "invisible": r.visibility[0].invisible})
                 print(json.dumps(rows[-1]), flush=True)
     start["delta"] = None
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "torch": torch.__version__, "rows": rows}, indent=1))
+    write_rows(args.out, rows)
     print("\n| face | steps | start | similarity after (attacked) | dlib distance after TAESD | PSNR / SSIM |\n|---|---|---|---|---|---|")
     for r in rows:
         if r["steps"]:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
 from imguard.io import read_image, resize_image, to_tensor, working_shape  # noqa: E402
@@ -35,6 +36,7 @@ from imguard.methods import get_method  # noqa: E402
 from imguard.models import load_autoencoder  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
+from transfer import write_rows  # noqa: E402
 
 
 def with_feature_term(weight: float, layer: str) -> None:
@@ -113,9 +115,7 @@ def main(argv=None) -> int:
                      "dlib_taesd": round(DlibPipeline.distance(ref, judge.descriptors(trip)[0]), 4),
                      "psnr": round(r.visibility[0].psnr, 2), "ssim": round(r.visibility[0].ssim, 4), "invisible": r.visibility[0].invisible})
         print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "torch": torch.__version__, "rows": rows}, indent=1))
+    write_rows(args.out, rows)
     return 0
 
 

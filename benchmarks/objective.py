@@ -42,7 +42,7 @@ from imguard.models import load_autoencoder  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
 from imguard.transforms import jpeg_pil  # noqa: E402
-from transfer import load_faces  # noqa: E402
+from transfer import load_faces, write_rows  # noqa: E402
 
 PROTECTOR_OPTIONS = ("vae", "face_model")
 
@@ -116,9 +116,7 @@ def main(argv=None) -> int:
                          "similarity": round(float(r.similarity[0]), 3), "dlib": dists, "psnr": round(v.psnr, 2),
                          "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible})
             print(json.dumps(rows[-1]), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "torch": torch.__version__, "rows": rows}, indent=1))
+    write_rows(args.out, rows)
     return 0
 
 

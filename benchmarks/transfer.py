@@ -108,6 +108,14 @@ def kept_dir(out: Path, config: str, size: int, seed: int, steps: int | None) ->
     return out / "protected" / re.sub(r"[^A-Za-z0-9._=+-]", "_", name)
 
 
+def write_rows(out: str | Path, rows: list[dict]) -> Path:
+    """A probe's rows as JSON at ``out`` (folders made), with the command that measured them and torch's version."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": " ".join(["python"] + sys.argv), "torch": torch.__version__, "rows": rows}, indent=1))
+    return out
+
+
 def attacked_names(spec: str) -> set[str]:
     return {s.strip().split(":")[0] for s in spec.split(",")}
 

@@ -62,3 +62,10 @@ def test_merged_tables_count_only_unseen_judges_and_star_attacked_autoencoders(t
     c.write_text(json.dumps(_report(["f1", "f3"], "other", ["taesd"], [True, True])))
     with pytest.raises(SystemExit, match="other faces"):
         transfer.merge([a, c])
+
+
+def test_probe_rows_are_written_with_their_command(transfer, tmp_path):
+    out = transfer.write_rows(tmp_path / "deep" / "rows.json", [{"face": "a", "dlib": 0.61}])
+    data = json.loads(out.read_text())
+    assert data["rows"] == [{"face": "a", "dlib": 0.61}]
+    assert data["command"].startswith("python ") and data["torch"]
