@@ -44,7 +44,7 @@ def test_tensor_shapes_dtype_and_batch(tiny_protector):
     xb = torch.rand(2, 3, 40, 56, dtype=torch.float64)
     outb = tiny_protector.protect(xb, **FAST)
     assert outb.shape == xb.shape and outb.dtype == torch.float64
-    assert Budget(4).holds((outb - xb).float(), tol=1e-4)
+    assert Budget(4).holds((outb - xb).float(), tol=1e-3)  # off-grid inputs: the 8-bit rounding's 1e-4 slack plus float32 error (finalize's own check: 1e-3)
 
 
 def test_rgba_keeps_alpha_and_greyscale_comes_back_rgb(tiny_protector):
@@ -133,7 +133,7 @@ def test_eot_option_runs_and_is_deterministic(tiny_protector):
     x = torch.rand(1, 3, 32, 32)
     a = tiny_protector.protect(x, eot=["jpeg", "blur"], grad_repeats=2, **FAST)
     b = tiny_protector.protect(x, eot="jpeg,blur", grad_repeats=2, **FAST)
-    assert torch.equal(a, b) and Budget(4).holds(a - x, tol=1e-4)
+    assert torch.equal(a, b) and Budget(4).holds(a - x, tol=1e-3)  # off-grid inputs: the 8-bit rounding's 1e-4 slack plus float32 error (finalize's own check: 1e-3)
     with pytest.raises(ValueError, match="valid"):
         tiny_protector.protect(x, eot=["sharpen"], **FAST)
 

@@ -47,7 +47,7 @@ def test_protect_many_names_the_item_that_failed(tiny_protector):
     assert isinstance(out[2], ItemError) and out[2].index == 2 and out[2].name == "c" and "NaN" in out[2].reason
     for i in (0, 1, 3):
         assert torch.is_tensor(out[i]) and out[i].shape == (3, 16, 16)
-        assert Budget(4).holds(out[i] - imgs[i], tol=1e-4)
+        assert Budget(4).holds(out[i] - imgs[i], tol=1e-3)  # off-grid inputs: the 8-bit rounding's 1e-4 slack plus float32 error (finalize's own check: 1e-3)
     assert tiny_protector.protect_many([], **FAST) == []
 
 
