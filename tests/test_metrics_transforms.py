@@ -196,13 +196,23 @@ def test_eot_differentiable_and_seeded(name):
         assert any(not torch.allclose(outs[0], o, atol=1e-6) for o in outs[1:])
 
 
+def test_jpeg_codec_eot_is_the_real_codec_forward_and_the_identity_backward():
+    x = smooth_images(b=2, h=40, w=56).requires_grad_(True)
+    y = T.jpeg_straight_through(x, [60, 90])
+    assert torch.allclose(y.detach()[:1], T.jpeg_pil(x.detach()[:1], 60), atol=1e-6)
+    assert torch.allclose(y.detach()[1:], T.jpeg_pil(x.detach()[1:], 90), atol=1e-6)
+    assert not torch.allclose(y.detach(), x.detach(), atol=1e-3)  # the codec did change it
+    (y * 3.0).sum().backward()
+    assert torch.allclose(x.grad, torch.full_like(x, 3.0))
+
+
 def test_get_eot_parsing():
     assert len(T.get_eot("jpeg, blur")) == 2
     assert T.get_eot(["rot"])[0] is T.get_eot(["rotate"])[0]
     assert T.get_eot(None) == []
     custom = lambda x, g: x  # noqa: E731
     assert T.get_eot([custom]) == [custom]
-    with pytest.raises(ValueError, match="valid: jpeg, blur"):
+    with pytest.raises(ValueError, match="valid: jpeg, jpeg-codec, blur"):
         T.get_eot(["sharpen"])
 
 

@@ -29,7 +29,8 @@ over transformation during the optimisation. Each has the signature the engine e
 ``t(x01, generator) -> x01``, draws its random parameters (one set per sample where the
 operation allows it) from ``generator`` only, so a seeded run repeats exactly, and lets
 gradients flow to ``x01``. ``jpeg`` uses kornia's differentiable JPEG
-(:func:`kornia.enhance.jpeg_codec_differentiable`).
+(:func:`kornia.enhance.jpeg_codec_differentiable`); ``jpeg-codec`` the real codec forward and
+the identity backward (:func:`jpeg_straight_through`; it runs on the CPU, whatever the device).
 """
 
 from __future__ import annotations
@@ -238,6 +239,19 @@ def _eot_jpeg(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return jpeg_differentiable(x, _uniform(g, x.shape[0], 50.0, 95.0).round())
 
 
+def jpeg_straight_through(x01: torch.Tensor, quality: Sequence[int] | int) -> torch.Tensor:
+    """Real JPEG (PIL, :func:`jpeg_pil`) in the forward pass, the identity in the backward pass
+    (a straight-through estimate, BPDA): the loss sees exactly what a saved JPEG holds, and its
+    gradient reaches ``x01`` unchanged. ``quality`` one number or one per sample."""
+    qs = [int(quality)] * x01.shape[0] if isinstance(quality, (int, float)) else [int(q) for q in quality]
+    y = torch.cat([jpeg_pil(x01[i:i + 1], q) for i, q in enumerate(qs)])
+    return x01 + (y - x01).detach()
+
+
+def _eot_jpeg_codec(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return jpeg_straight_through(x, _uniform(g, x.shape[0], 50.0, 95.0).round().tolist())
+
+
 def _eot_blur(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return gaussian_blur(x, _uniform(g, x.shape[0], 0.5, 2.0).to(x.device))
 
@@ -270,6 +284,7 @@ def _eot_identity(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 #: name -> (transform, what it draws). Parameters are drawn per sample unless stated.
 EOT_TRANSFORMS: dict[str, tuple[Transform, str]] = {
     "jpeg": (_eot_jpeg, "differentiable JPEG (kornia), quality uniform in [50, 95], rounded"),
+    "jpeg-codec": (_eot_jpeg_codec, "real JPEG (PIL) forward, identity backward (straight-through), quality uniform in [50, 95], rounded"),
     "blur": (_eot_blur, "Gaussian blur 5x5, sigma uniform in [0.5, 2.0]"),
     "rotate": (_eot_rotate, "rotation uniform in [-15, 15] degrees, reflected borders"),
     "resize": (_eot_resize, "resize to a factor uniform in [0.5, 1.0] (one per batch) and back"),
@@ -314,6 +329,6 @@ def describe_purifications(purifications: Iterable[Purification]) -> dict[str, s
 __all__ = [
     "BLUR_KERNEL", "BLUR_SIGMA", "EOT_TRANSFORMS", "JITTER", "PURIFICATIONS", "Purification",
     "RESIZE_FACTOR", "ROTATION_DEGREES", "color_jitter", "describe_purifications", "eot_names",
-    "gaussian_blur", "get_eot", "get_purification", "jpeg_differentiable", "jpeg_pil",
+    "gaussian_blur", "get_eot", "get_purification", "jpeg_differentiable", "jpeg_pil", "jpeg_straight_through",
     "parse_purifications", "purification_names", "resize_roundtrip", "rotate",
 ]
