@@ -20,6 +20,11 @@ rounded to the 8-bit grid), protected once with ``--seed``, and judged by dlib's
 
 with ``similarity``, the attacked recognizers' weighted cosine after the round trip (what the
 optimiser pushed down), and the visibility (PSNR, SSIM, flat-region change, the gate).
+
+``--members`` also records, for every condition, each offline recognizer's own cosine to the
+clean face (sface, facenet, mobilefacenet, faceres on imguard's alignment of the clean face, with
+their same-person thresholds): whether the attacked ones were fooled at all, and whether the
+others moved with them.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
-from imguard.models import load_autoencoder  # noqa: E402
+from imguard.models import FaceDetector, FaceEmbedder, find_faces, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
 from imguard.transforms import jpeg_pil  # noqa: E402
@@ -51,6 +56,23 @@ def resized8(x: torch.Tensor, factor: float) -> torch.Tensor:
     H, W = x.shape[-2:]
     size = (round(H * factor / 8) * 8, round(W * factor / 8) * 8)
     return F.interpolate(x, size=size, mode="bilinear", antialias=True).clamp(0, 1)
+
+
+#: the offline recognizers ``--members`` reports on (the ones the presets may attack)
+MEMBERS = ("sface", "facenet", "mobilefacenet", "faceres")
+
+
+@torch.no_grad()
+def member_cosines(recognizer, detector, x: torch.Tensor, y: torch.Tensor, conditions: dict) -> dict:
+    """{condition: {recognizer: cosine to the clean face}} and {"threshold": {recognizer: its threshold}}."""
+    embedder = FaceEmbedder(recognizer, find_faces(x, detector))
+    clean = embedder.embed_all(x)
+    names = [m.name for m in embedder.members]
+    out = {"threshold": {n: round(float(m.threshold), 3) for n, m in zip(names, embedder.members)}}
+    for k, fn in conditions.items():
+        embs = embedder.embed_all(fn(y))
+        out[k] = {n: round(float((e * c).sum()), 3) for n, e, c in zip(names, embs, clean)}
+    return out
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -76,6 +98,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--members", action="store_true", help="also each offline recognizer's cosine per condition")
     ap.add_argument("--out", default="bench/objective.json")
     args = ap.parse_args(argv)
     set_threads(args.threads)
@@ -95,6 +118,8 @@ def main(argv=None) -> int:
         "taef2": lambda y: trip("taef2", y),
         "raw": lambda y: y,
     }
+    members = load_face_recognizer(",".join(MEMBERS)) if args.members else None
+    detector = FaceDetector() if args.members else None
     rows = []
     for cname, opts in configs:
         built = {k: opts.pop(k) for k in PROTECTOR_OPTIONS if k in opts}
@@ -112,9 +137,10 @@ def main(argv=None) -> int:
                 found = judge.descriptors(fn(y))
                 dists[k] = None if not found or found[0] is None else round(DlibPipeline.distance(ref, found[0]), 3)
             v = r.visibility[0]
+            extra = {"members": member_cosines(members, detector, x, y, conditions)} if members is not None else {}
             rows.append({"config": cname, "strength": args.strength, "options": {**built, **opts}, "face": face, "steps": args.steps, "seconds": round(secs, 1),
                          "similarity": round(float(r.similarity[0]), 3), "dlib": dists, "psnr": round(v.psnr, 2),
-                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible})
+                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible, **extra})
             print(json.dumps(rows[-1]), flush=True)
     write_rows(args.out, rows)
     return 0

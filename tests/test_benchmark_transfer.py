@@ -69,3 +69,21 @@ def test_probe_rows_are_written_with_their_command(transfer, tmp_path):
     data = json.loads(out.read_text())
     assert data["rows"] == [{"face": "a", "dlib": 0.61}]
     assert data["command"].startswith("python ") and data["torch"]
+
+
+def test_objective_members_reports_each_recognizers_cosine_per_condition():
+    """benchmarks/objective.py --members: the clean face itself is at cosine 1 for every
+    recognizer; a condition that changes the face lowers it; thresholds come with them."""
+    import torch
+
+    from conftest import TinyRecognizer
+
+    spec = importlib.util.spec_from_file_location("bench_objective", ROOT / "benchmarks" / "objective.py")
+    objective = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(objective)
+    x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    conditions = {"raw": lambda y: y, "flipped": lambda y: y.flip(-1)}
+    out = objective.member_cosines(TinyRecognizer(), None, x, x, conditions)
+    assert out["threshold"] == {"tiny-recognizer": 0.5}
+    assert out["raw"]["tiny-recognizer"] == pytest.approx(1.0, abs=1e-3)
+    assert out["flipped"]["tiny-recognizer"] < 0.99
