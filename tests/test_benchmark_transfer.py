@@ -1,4 +1,4 @@
-"""benchmarks/transfer.py: configuration names, merged reports, honest labels (no models run)."""
+"""benchmarks/: transfer.py (configuration names, merged reports, honest labels), objective.py and before_after.py helpers (no models run)."""
 
 from __future__ import annotations
 
@@ -87,3 +87,17 @@ def test_objective_members_reports_each_recognizers_cosine_per_condition():
     assert out["threshold"] == {"tiny-recognizer": 0.5}
     assert out["raw"]["tiny-recognizer"] == pytest.approx(1.0, abs=1e-3)
     assert out["flipped"]["tiny-recognizer"] < 0.99
+
+
+def test_before_after_figure_places_each_crop_zoomed_under_its_label():
+    from PIL import Image
+
+    spec = importlib.util.spec_from_file_location("bench_before_after", ROOT / "benchmarks" / "before_after.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
+    fig = mod.figure([("a", red), ("b\nsecond line", blue)], crops=((0, 0, 10, 10), (20, 20, 40, 30)), zoom=2, gap=4, head=20)
+    assert fig.size == (2 * 40 + 4, 20 + 20 + 4 + 20)
+    assert fig.getpixel((5, 25)) == (255, 0, 0) and fig.getpixel((44 + 5, 25)) == (0, 0, 255)
+    assert fig.getpixel((5, 20 + 20 + 4 + 5)) == (255, 0, 0)  # the second crop, under the first
+    assert fig.getpixel((41, 30)) == (255, 255, 255)  # the gap between the columns
