@@ -21,6 +21,11 @@ rounded to the 8-bit grid), protected once with ``--seed``, and judged by dlib's
 with ``similarity``, the attacked recognizers' weighted cosine after the round trip (what the
 optimiser pushed down), and the visibility (PSNR, SSIM, flat-region change, the gate).
 
+``--flat-to STD`` (an ablation of the perceptual budget, every configuration of the run): the
+projection's local-mean removal, which keeps the change fine-grained where the photo is flat,
+fades out at a 7x7 luminance std of STD/255 instead of 6/255 (it is full up to 3/255 either
+way), so that lightly textured skin gets no low-frequency shading either.
+
 ``--members`` also records, for every condition, each offline recognizer's own cosine to the
 clean face (sface, facenet, mobilefacenet, faceres on imguard's alignment of the clean face, with
 their same-person thresholds): whether the attacked ones were fooled at all, and whether the
@@ -37,12 +42,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import imguard  # noqa: E402
+from imguard import budget  # noqa: E402
+from imguard.io import save_image, to_uint8_hwc  # noqa: E402
 from imguard.models import FaceDetector, FaceEmbedder, find_faces, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
@@ -75,6 +83,19 @@ def member_cosines(recognizer, detector, x: torch.Tensor, y: torch.Tensor, condi
     return out
 
 
+def flat_weight_to(upper: float):
+    """:func:`imguard.budget.flat_weight` with its fade ending at local std ``upper`` (/255)."""
+    lo = budget.FLAT_STD
+    if not upper > lo:
+        raise SystemExit(f"--flat-to must be above {lo:g} (where the flat weight is full), got {upper:g}")
+
+    def weight(x: torch.Tensor) -> torch.Tensor:
+        sd = budget.local_std(budget.luminance(x.float())) * 255.0
+        return ((upper - sd) / (upper - lo)).clamp(0, 1)
+
+    return weight
+
+
 def parse_config(text: str) -> tuple[str, dict]:
     name, sep, spec = text.partition("=")
     if not sep or not name:
@@ -98,10 +119,14 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--flat-to", type=float, default=None, help="the flat weight fades out at this local std (/255; the budget's: 6)")
+    ap.add_argument("--keep", default=None, help="a folder to save each protected face in (CONFIG-FACE.png), to look at zoomed")
     ap.add_argument("--members", action="store_true", help="also each offline recognizer's cosine per condition")
     ap.add_argument("--out", default="bench/objective.json")
     args = ap.parse_args(argv)
     set_threads(args.threads)
+    if args.flat_to is not None:
+        budget.flat_weight = flat_weight_to(float(args.flat_to))  # Budget.perceptual looks it up at call time
     configs = [parse_config(c) for c in args.config] or [("high", {})]
     judge = DlibPipeline()
     aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
@@ -132,6 +157,10 @@ def main(argv=None) -> int:
             secs = time.perf_counter() - t0
             y = (r.image[None] if r.image.dim() == 3 else r.image).float()
             y = (y * 255).round() / 255
+            if args.keep:
+                keep = Path(args.keep)
+                keep.mkdir(parents=True, exist_ok=True)
+                save_image(Image.fromarray(to_uint8_hwc(y[0])), keep / f"{cname}-{face.replace('/', '_')}.png", overwrite=True)
             dists = {}
             for k, fn in conditions.items():
                 found = judge.descriptors(fn(y))
@@ -140,7 +169,7 @@ def main(argv=None) -> int:
             extra = {"members": member_cosines(members, detector, x, y, conditions)} if members is not None else {}
             rows.append({"config": cname, "strength": args.strength, "options": {**built, **opts}, "face": face, "steps": args.steps, "seconds": round(secs, 1),
                          "similarity": round(float(r.similarity[0]), 3), "dlib": dists, "psnr": round(v.psnr, 2),
-                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible, **extra})
+                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible, "flat_to": args.flat_to, **extra})
             print(json.dumps(rows[-1]), flush=True)
     write_rows(args.out, rows)
     return 0

@@ -101,3 +101,24 @@ def test_before_after_figure_places_each_crop_zoomed_under_its_label():
     assert fig.getpixel((5, 25)) == (255, 0, 0) and fig.getpixel((44 + 5, 25)) == (0, 0, 255)
     assert fig.getpixel((5, 20 + 20 + 4 + 5)) == (255, 0, 0)  # the second crop, under the first
     assert fig.getpixel((41, 30)) == (255, 255, 255)  # the gap between the columns
+
+
+def test_objective_flat_to_extends_the_flat_weight_fade():
+    """objective.py --flat-to: the same full weight on a flat area, and a weight left on light
+    texture (local std about 8/255) where the budget's own fade has already reached 0."""
+    import torch
+
+    from imguard import budget
+
+    spec = importlib.util.spec_from_file_location("bench_objective2", ROOT / "benchmarks" / "objective.py")
+    objective = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(objective)
+    flat = torch.full((1, 3, 32, 32), 0.5)
+    g = torch.Generator().manual_seed(0)
+    textured = (0.5 + torch.randn(1, 1, 32, 32, generator=g).expand(1, 3, 32, 32) * 8 / 255).clamp(0, 1)
+    wider = objective.flat_weight_to(12.0)
+    assert torch.allclose(wider(flat), budget.flat_weight(flat)) and float(wider(flat).min()) == 1.0
+    assert float(budget.flat_weight(textured)[..., 8:-8, 8:-8].max()) == 0.0
+    assert float(wider(textured)[..., 8:-8, 8:-8].mean()) > 0.2
+    with pytest.raises(SystemExit, match="above"):
+        objective.flat_weight_to(2.0)
