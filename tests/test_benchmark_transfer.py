@@ -105,7 +105,7 @@ def test_before_after_figure_places_each_crop_zoomed_under_its_label():
 
 def test_objective_flat_to_extends_the_flat_weight_fade():
     """objective.py --flat-to: the same full weight on a flat area, and a weight left on light
-    texture (local std about 8/255) where the budget's own fade has already reached 0."""
+    texture (local std about 10/255) where the budget's own fade has (almost everywhere) reached 0."""
     import torch
 
     from imguard import budget
@@ -115,10 +115,10 @@ def test_objective_flat_to_extends_the_flat_weight_fade():
     spec.loader.exec_module(objective)
     flat = torch.full((1, 3, 32, 32), 0.5)
     g = torch.Generator().manual_seed(0)
-    textured = (0.5 + torch.randn(1, 1, 32, 32, generator=g).expand(1, 3, 32, 32) * 8 / 255).clamp(0, 1)
-    wider = objective.flat_weight_to(12.0)
+    textured = (0.5 + torch.randn(1, 1, 32, 32, generator=g).expand(1, 3, 32, 32) * 10 / 255).clamp(0, 1)
+    wider = objective.flat_weight_to(16.0)
     assert torch.allclose(wider(flat), budget.flat_weight(flat)) and float(wider(flat).min()) == 1.0
-    assert float(budget.flat_weight(textured)[..., 8:-8, 8:-8].max()) == 0.0
-    assert float(wider(textured)[..., 8:-8, 8:-8].mean()) > 0.2
+    assert float(budget.flat_weight(textured)[..., 8:-8, 8:-8].mean()) < 0.02
+    assert float(wider(textured)[..., 8:-8, 8:-8].mean()) > 0.3
     with pytest.raises(SystemExit, match="above"):
         objective.flat_weight_to(2.0)
