@@ -138,10 +138,23 @@ def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
 
 
 @requires_assets
-def test_fast_refine_runs_and_is_seeded(dev_face, fast_protector):
+def test_fast_refine_runs_and_is_seeded(dev_face, fast_protector, monkeypatch):
+    from imguard.methods.facelock import FaceContext
+
     img = Image.open(dev_face).convert("RGB").resize((128, 128))
     fast = np.asarray(fast_protector.protect(img)).astype(int)
+    attacked = []
+    real = FaceContext.round_trips
+
+    def spy(self, x_adv, step, decode=True):
+        attacked.append([a.name for a in self.autoencoders])
+        return real(self, x_adv, step, decode)
+
+    monkeypatch.setattr(FaceContext, "round_trips", spy)
     r1 = fast_protector.protect(img, refine=2, seed=5, return_result=True)
+    monkeypatch.undo()
+    # every step through the editor's latent space only (TAESD; the fast mode's TAEF2 judges)
+    assert attacked and all(len(names) == 1 and names[0].startswith("taesd") for names in attacked), attacked
     r2 = fast_protector.protect(img, refine=2, seed=5)
     assert r1.steps_run == [2] and r1.loss_history.shape[0] == 2
     assert np.array_equal(np.asarray(r1.image), np.asarray(r2))

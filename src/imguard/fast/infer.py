@@ -28,6 +28,12 @@ __all__ = ["FastOutput", "FastProtect", "DETECT_SIZE", "REFINE_SIZE", "TILE_REFE
 DETECT_SIZE = 640
 #: ``refine`` runs the engine at this long side (the delta is mapped back to the native size)
 REFINE_SIZE = 256
+#: ``refine``'s FaceLock objective: ``medium``'s and ``high``'s (the identity term from the first step
+#: through the editor's latent space and on the photo itself, no feature term, no decoy)
+REFINE_OPTIONS = {"lambda_fe": 0.0, "fr_start": 0.0, "lambda_direct": 1.0, "lambda_decoy": 0.0}
+#: ``refine`` attacks the first of the fast mode's autoencoders only (TAESD, the editor's SD 1.x
+#: latent space; the others judge), as the presets do: every step goes where the effect is
+REFINE_AUTOENCODERS = 1
 #: the tile's period is its size at this long side, in proportion above it
 TILE_REFERENCE = 512
 #: the face perturbation fades into the tile over this share of the frame at its border
@@ -195,9 +201,10 @@ class FastProtect:
 
     def refine(self, x: torch.Tensor, start: FastOutput, steps: int, models: Any, seed: int = 0,
                amp_dtype: torch.dtype | None = None, callback: Any = None) -> FastOutput:
-        """``steps`` engine steps of FaceLock (identity through the round trip and on the photo,
-        JPEG EOT, momentum) from the fast result, at :data:`REFINE_SIZE`; ``models``: a
-        :class:`~imguard.models.Models` with the surrogates (those of ``high``)."""
+        """``steps`` engine steps of FaceLock (:data:`REFINE_OPTIONS`: the identity term through the
+        editor's round trip and on the photo, JPEG EOT, momentum) from the fast result, at
+        :data:`REFINE_SIZE`; ``models``: a :class:`~imguard.models.Models` with the surrogates
+        (the fast mode's; only the first :data:`REFINE_AUTOENCODERS` autoencoders are attacked)."""
         from .. import engine
         from ..io import resize_image, working_shape
         from ..methods import ENGINE_OPTIONS, get_method
@@ -212,10 +219,11 @@ class FastProtect:
         xw = resize_image(x, size)
         start_delta = resize_image(start.image.to(self.device).float().div(255) - x, size)
         m = get_method("facelock")
-        opts = m.options(lambda_fe=0.0, fr_start=0.0, lambda_direct=0.5, lambda_decoy=0.5, decoy="random", eps=start.budget.eps)
+        opts = m.options(**REFINE_OPTIONS, eps=start.budget.eps)
         prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
         torch.manual_seed(seed)
         ctx = m.prepare(xw, models, prep)
+        ctx.autoencoders, ctx.z_clean = ctx.autoencoders[:REFINE_AUTOENCODERS], ctx.z_clean[:REFINE_AUTOENCODERS]
         objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, int(steps)), maximize=m.maximize)
         cfg = engine.EngineConfig(steps=int(steps), step_size=1.0, momentum=0.9, random_start=False,
                                   eot=get_eot("jpeg,identity"))
