@@ -35,6 +35,7 @@ others moved with them.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -85,15 +86,9 @@ def member_cosines(recognizer, detector, x: torch.Tensor, y: torch.Tensor, condi
 
 def flat_weight_to(upper: float):
     """:func:`imguard.budget.flat_weight` with its fade ending at local std ``upper`` (/255)."""
-    lo = budget.FLAT_STD
-    if not upper > lo:
-        raise SystemExit(f"--flat-to must be above {lo:g} (where the flat weight is full), got {upper:g}")
-
-    def weight(x: torch.Tensor) -> torch.Tensor:
-        sd = budget.local_std(budget.luminance(x.float())) * 255.0
-        return ((upper - sd) / (upper - lo)).clamp(0, 1)
-
-    return weight
+    if not upper > budget.FLAT_STD:
+        raise SystemExit(f"--flat-to must be above {budget.FLAT_STD:g} (where the flat weight is full), got {upper:g}")
+    return functools.partial(budget.flat_weight, upper=float(upper))
 
 
 def parse_config(text: str) -> tuple[str, dict]:
@@ -119,7 +114,7 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--flat-to", type=float, default=None, help="the flat weight fades out at this local std (/255; the budget's: 6)")
+    ap.add_argument("--flat-to", type=float, default=None, help=f"the flat weight fades out at this local std (/255; the budget's: {budget.FLAT_FADE_END:g})")
     ap.add_argument("--keep", default=None, help="a folder to save each protected face in (CONFIG-FACE.png), to look at zoomed")
     ap.add_argument("--members", action="store_true", help="also each offline recognizer's cosine per condition")
     ap.add_argument("--out", default="bench/objective.json")

@@ -11,12 +11,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def transfer():
-    spec = importlib.util.spec_from_file_location("bench_transfer", ROOT / "benchmarks" / "transfer.py")
+def load_benchmark(name: str):
+    """benchmarks/NAME.py as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", ROOT / "benchmarks" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def transfer():
+    return load_benchmark("transfer")
+
+
+@pytest.fixture(scope="module")
+def objective():
+    return load_benchmark("objective")
 
 
 def test_leave_one_out_configs_replace_the_presets_models(transfer):
@@ -71,16 +81,13 @@ def test_probe_rows_are_written_with_their_command(transfer, tmp_path):
     assert data["command"].startswith("python ") and data["torch"]
 
 
-def test_objective_members_reports_each_recognizers_cosine_per_condition():
+def test_objective_members_reports_each_recognizers_cosine_per_condition(objective):
     """benchmarks/objective.py --members: the clean face itself is at cosine 1 for every
     recognizer; a condition that changes the face lowers it; thresholds come with them."""
     import torch
 
     from conftest import TinyRecognizer
 
-    spec = importlib.util.spec_from_file_location("bench_objective", ROOT / "benchmarks" / "objective.py")
-    objective = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(objective)
     x = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     conditions = {"raw": lambda y: y, "flipped": lambda y: y.flip(-1)}
     out = objective.member_cosines(TinyRecognizer(), None, x, x, conditions)
@@ -92,9 +99,7 @@ def test_objective_members_reports_each_recognizers_cosine_per_condition():
 def test_before_after_figure_places_each_crop_zoomed_under_its_label():
     from PIL import Image
 
-    spec = importlib.util.spec_from_file_location("bench_before_after", ROOT / "benchmarks" / "before_after.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("before_after")
     red, blue = Image.new("RGB", (64, 64), (255, 0, 0)), Image.new("RGB", (64, 64), (0, 0, 255))
     fig = mod.figure([("a", red), ("b\nsecond line", blue)], crops=((0, 0, 10, 10), (20, 20, 40, 30)), zoom=2, gap=4, head=20)
     assert fig.size == (2 * 40 + 4, 20 + 20 + 4 + 20)
@@ -103,16 +108,13 @@ def test_before_after_figure_places_each_crop_zoomed_under_its_label():
     assert fig.getpixel((41, 30)) == (255, 255, 255)  # the gap between the columns
 
 
-def test_objective_flat_to_extends_the_flat_weight_fade():
+def test_objective_flat_to_extends_the_flat_weight_fade(objective):
     """objective.py --flat-to: the same full weight on a flat area, and a weight left on light
     texture (local std about 10/255) where the budget's own fade has (almost everywhere) reached 0."""
     import torch
 
     from imguard import budget
 
-    spec = importlib.util.spec_from_file_location("bench_objective2", ROOT / "benchmarks" / "objective.py")
-    objective = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(objective)
     flat = torch.full((1, 3, 32, 32), 0.5)
     g = torch.Generator().manual_seed(0)
     textured = (0.5 + torch.randn(1, 1, 32, 32, generator=g).expand(1, 3, 32, 32) * 10 / 255).clamp(0, 1)

@@ -35,6 +35,8 @@ def test_jnd_map_is_small_on_flat_areas_and_larger_on_texture():
     assert float(c[:, 4:24].mean()) < 2.0 < float(c[:, 40:60].mean())
     w = flat_weight(x)[0, 0]
     assert float(w[:, 4:24].min()) == 1.0 and float(w[:, 40:60].max()) == 0.0
+    with pytest.raises(ValueError, match="fade out above 3"):
+        flat_weight(x, upper=3.0)
 
 
 def test_jnd_map_is_larger_in_the_dark():

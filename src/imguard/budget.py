@@ -367,10 +367,17 @@ def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
     return (m2 - mu * mu).clamp_min(0).sqrt()
 
 
-def flat_weight(x: torch.Tensor) -> torch.Tensor:
-    """[B,1,H,W] in [0,1]: 1 where ``x`` is flat (7x7 luminance std <= 3/255), falling to 0 at 6/255."""
+#: where :func:`flat_weight` has faded to 0 (7x7 luminance std, /255)
+FLAT_FADE_END = 2 * FLAT_STD
+
+
+def flat_weight(x: torch.Tensor, upper: float = FLAT_FADE_END) -> torch.Tensor:
+    """[B,1,H,W] in [0,1]: 1 where ``x`` is flat (7x7 luminance std <= 3/255), falling linearly
+    to 0 at ``upper``/255 (default 6/255)."""
+    if not upper > FLAT_STD:
+        raise ValueError(f"the flat weight must fade out above {FLAT_STD:g}/255 (where it is full), got {upper:g}")
     sd = local_std(luminance(x.float())) * 255.0
-    return (2.0 - sd / FLAT_STD).clamp(0, 1)
+    return ((upper - sd) / (upper - FLAT_STD)).clamp(0, 1)
 
 
 def _local_mean(d: torch.Tensor) -> torch.Tensor:
