@@ -84,8 +84,28 @@ def test_input_diversity_shows_the_loss_shifted_images_reproducibly():
     assert all(torch.equal(a, b) for a, b in zip(first, seen[1:5]))
 
 
+def test_luma_perturbation_is_grey_inside_the_budget_and_the_pixel_range():
+    # a colour-blind objective's best change is a tint; color="luma" may only move R, G and B together
+    x = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    x[..., :4, :] = 1.0  # saturated rows: a grey change must stop where the first channel would leave [0,1]
+    w = torch.tensor([1.0, -1.0, 0.5]).view(1, 3, 1, 1)
+    obj = engine.Objective(loss=lambda xa, i: (xa * w).flatten(1).sum(1), maximize=True)
+    budget = Budget.perceptual(x, 6.0)
+    cfg = dict(steps=6, step_size=1.0, momentum=0.9)
+    rgb = engine.run(x, obj, budget, engine.EngineConfig(**cfg), seed=0)
+    luma = engine.run(x, obj, budget, engine.EngineConfig(**cfg, color="luma"), seed=0)
+    d = luma.delta
+    assert (d - d[:, :1]).abs().max() < 1e-6  # the same change in every channel
+    assert (rgb.delta - rgb.delta[:, :1]).abs().max() > 1 / 255  # the plain run tints
+    assert budget.holds(d)
+    assert ((x + d) >= 0).all() and ((x + d) <= 1).all()
+    assert d[..., :4, :].max() <= 1e-6  # at 1.0 it can only darken
+    assert luma.final_loss.item() > luma.initial_loss.item()  # the objective still climbs (sum of w > 0)
+
+
 @pytest.mark.parametrize("bad", [dict(momentum=1.5), dict(ti_kernel=4), dict(diversity=0.7), dict(lowres=0),
-                                 dict(optimizer="adam_tanh", lowres=2)])
+                                 dict(optimizer="adam_tanh", lowres=2), dict(color="yuv"),
+                                 dict(optimizer="adam_tanh", color="luma"), dict(lowres=2, color="luma")])
 def test_invalid_technique_settings_are_refused(bad):
     with pytest.raises(ValueError):
         engine.EngineConfig(**bad).validate()

@@ -83,6 +83,7 @@ class EngineSettings:
     ti_kernel: int
     diversity: float
     lowres: int
+    color: str  #: "rgb" or "luma" (a grey change)
     stop_margin: float | None  #: early stop once fooled by this margin (None = off)
     stop_every: int
 
@@ -95,6 +96,7 @@ class EngineSettings:
             grad_repeats=int(self.grad_repeats), restarts=int(self.restarts),
             eot=get_eot(self.eot) if self.eot else (), momentum=float(self.momentum),
             ti_kernel=int(self.ti_kernel), diversity=float(self.diversity), lowres=int(self.lowres),
+            color=str(self.color),
         )
         cfg.validate()
         return cfg

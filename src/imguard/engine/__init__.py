@@ -25,6 +25,8 @@ a perturbation found on surrogate models hold on models it never saw):
                  in [1 - diversity, 1] and padded back to its size at a random offset
 ``lowres``       low-frequency perturbations: delta is optimised on a grid ``lowres`` times
                  coarser and upsampled (bilinear), so it survives JPEG and resizing
+``color``        ``"luma"``: one change per pixel added to R, G and B alike (grey: Y moves,
+                 Cb and Cr do not), so nothing goes to colour, which JPEG subsamples
 ``eot``          expectation over random transformations (see :mod:`imguard.transforms`,
                  including a differentiable JPEG), ``grad_repeats`` draws per step
 """
@@ -32,14 +34,14 @@ a perturbation found on surrogate models hold on models it never saw):
 from __future__ import annotations
 
 from .config import (
-    OPTIMIZERS, SCHEDULES, Callback, EngineConfig, EngineResult, LossFn, Objective, StopFn, Transform, step_size_at,
+    COLORS, OPTIMIZERS, SCHEDULES, Callback, EngineConfig, EngineResult, LossFn, Objective, StopFn, Transform, step_size_at,
 )
 from .loop import _autocast, run
 from .techniques import diverse_input, gaussian_kernel, smooth_gradient
 from .updates import AdamTanh, MomentumStep, SignStep, Update
 
 __all__ = [
-    "OPTIMIZERS", "SCHEDULES", "AdamTanh", "Callback", "EngineConfig", "EngineResult", "LossFn", "MomentumStep",
+    "COLORS", "OPTIMIZERS", "SCHEDULES", "AdamTanh", "Callback", "EngineConfig", "EngineResult", "LossFn", "MomentumStep",
     "Objective", "SignStep", "StopFn", "Transform", "Update", "diverse_input", "gaussian_kernel", "run",
     "smooth_gradient", "step_size_at",
 ]

@@ -15,6 +15,8 @@ Callback = Callable[[int, int, torch.Tensor], None]
 
 SCHEDULES = ("constant", "linear", "cosine")
 OPTIMIZERS = ("sign", "adam_tanh")
+#: What the perturbation may change: every channel on its own, or the luminance alone (R, G and B by the same amount)
+COLORS = ("rgb", "luma")
 
 
 @dataclass
@@ -53,6 +55,7 @@ class EngineConfig:
     ti_kernel: int = 0  #: Gaussian gradient smoothing kernel size (0 = off; odd, >= 3)
     diversity: float = 0.0  #: input diversity: largest relative shrink per step (0 = off)
     lowres: int = 1  #: optimise delta on a grid this many times coarser (1 = full resolution)
+    color: str = "rgb"  #: "luma": one change per pixel, the same in R, G and B (no colour change)
 
     def validate(self) -> None:
         if int(self.steps) < 1:
@@ -73,9 +76,14 @@ class EngineConfig:
             raise ValueError(f"diversity must be in [0, 0.5), got {self.diversity!r}")
         if int(self.lowres) < 1:
             raise ValueError(f"lowres must be >= 1 (1 = full resolution), got {self.lowres!r}")
-        uses_sign_only = float(self.momentum) > 0 or int(self.ti_kernel) > 0 or int(self.lowres) > 1
+        if self.color not in COLORS:
+            raise ValueError(f"unknown color {self.color!r}; valid: {', '.join(COLORS)}")
+        uses_sign_only = (float(self.momentum) > 0 or int(self.ti_kernel) > 0 or int(self.lowres) > 1
+                          or self.color != "rgb")
         if self.optimizer != "sign" and uses_sign_only:
-            raise ValueError("momentum, ti_kernel and lowres work with optimizer='sign'")
+            raise ValueError("momentum, ti_kernel, lowres and color='luma' work with optimizer='sign'")
+        if int(self.lowres) > 1 and self.color != "rgb":
+            raise ValueError("lowres and color='luma' cannot be combined; choose one")
 
 
 def step_size_at(cfg: EngineConfig, i: int) -> float:

@@ -46,7 +46,7 @@ def run(
         initial_loss = problem.loss(problem.x, cfg.steps)
     best = _Best(problem)
     for r in range(int(cfg.restarts)):
-        param = parameterisation(problem.x, budget, problem.constrain, int(cfg.lowres))
+        param = parameterisation(problem.x, budget, problem.constrain, int(cfg.lowres), cfg.color)
         update = make_update(cfg, budget, problem.sign, param)
         x_adv, hist, steps_run = _descend(problem, param, update, cfg, gen, early_stop, callback, init if r == 0 else None)
         with torch.no_grad():

@@ -10,7 +10,7 @@ import torch
 
 from ..budget import Budget
 
-__all__ = ["DeltaParam", "LowResParam", "diverse_input", "gaussian_kernel", "parameterisation", "smooth_gradient", "what_the_loss_sees"]
+__all__ = ["DeltaParam", "LowResParam", "LumaParam", "diverse_input", "gaussian_kernel", "parameterisation", "smooth_gradient", "what_the_loss_sees"]
 
 
 def gaussian_kernel(size: int, sigma: float | None = None) -> torch.Tensor:
@@ -109,5 +109,42 @@ class LowResParam(DeltaParam):
         return self.budget.project(p)
 
 
-def parameterisation(x: torch.Tensor, budget: Budget, constrain: Callable, lowres: int) -> DeltaParam:
+class LumaParam(DeltaParam):
+    """Luminance-only perturbations: the variable is one channel [B,1,H,W], added to R, G and B
+    alike (a grey change moves Y and leaves Cb and Cr untouched). JPEG keeps luminance at full
+    resolution and quantises it more finely than colour, which it subsamples 2x2; the same
+    per-pixel cap then spends nothing on colour, where the eye notices tints."""
+
+    def __init__(self, x: torch.Tensor, budget: Budget, constrain: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__(x, budget, constrain)
+        # a grey change keeps every channel inside [0,1] between these
+        self.lo, self.hi = -x.amin(dim=1, keepdim=True), 1 - x.amax(dim=1, keepdim=True)
+
+    def _grey(self, p: torch.Tensor) -> torch.Tensor:
+        return p.expand(-1, self.x.shape[1], -1, -1)
+
+    def start(self, random_start: bool, gen: torch.Generator) -> torch.Tensor:
+        if random_start:
+            return self.project(self.budget.random_start(self.x[:, :1], generator=gen))
+        return torch.zeros_like(self.x[:, :1])
+
+    def start_from(self, init: torch.Tensor) -> torch.Tensor:
+        return self.project(init.detach().to(device=self.x.device, dtype=self.x.dtype).mean(dim=1, keepdim=True))
+
+    def image(self, p: torch.Tensor) -> torch.Tensor:
+        return self.x + self._grey(p)
+
+    def delta(self, p: torch.Tensor) -> torch.Tensor:
+        return self._grey(p)
+
+    def project(self, p: torch.Tensor) -> torch.Tensor:
+        # the feasible set's projection (mask, budget, [0,1]) of the grey change, averaged back to
+        # one channel, then kept where no channel leaves [0,1]: grey and feasible
+        q = self.constrain(self._grey(p)).mean(dim=1, keepdim=True)
+        return torch.maximum(torch.minimum(q, self.hi), self.lo)
+
+
+def parameterisation(x: torch.Tensor, budget: Budget, constrain: Callable, lowres: int, color: str = "rgb") -> DeltaParam:
+    if color == "luma":
+        return LumaParam(x, budget, constrain)
     return LowResParam(x, budget, constrain, lowres) if lowres > 1 else DeltaParam(x, budget, constrain)

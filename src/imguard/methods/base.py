@@ -15,7 +15,7 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
+    "momentum", "ti_kernel", "diversity", "lowres", "color", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
 )
 
 
@@ -51,6 +51,9 @@ class Options:
     ti_kernel: int = 0
     diversity: float = 0.0
     lowres: int = 1
+    # "luma": the change is grey (R, G and B by the same amount): nothing spent on colour, which
+    # JPEG subsamples and quantises coarsely (see imguard.engine)
+    color: str = "rgb"
     # early stop (methods with a ``fooled`` test): a sample stops once every attacked model is
     # fooled by this margin below its threshold, checked every ``stop_every`` steps (None = off)
     stop_margin: float | None = None
