@@ -1,8 +1,14 @@
 """Fixed-seed protections whose output bytes are recorded (``reference_outputs.json``):
 restructuring the code must leave them bit-identical. CPU, fp32, one thread, tiny models.
 
+The last bits of float arithmetic differ between CPUs (oneDNN and MKL pick their kernels by
+vendor and instruction set), so the record holds one set per CPU (:func:`platform_key`), and a
+CPU with no set skips the test, saying so.
+
 ``python tests/reference_cases.py`` (from the repository root, ``PYTHONPATH=src``) rewrites
-the JSON; only do that when a change of results is intended and said so.
+the JSON with this CPU's set alone (the others may no longer hold): only do that when a change of
+results is intended and said so. ``--add`` keeps the other CPUs' sets: for adding a CPU when
+nothing changed (the other sets still pass on their CPUs).
 """
 
 from __future__ import annotations
@@ -17,6 +23,20 @@ import torch
 HERE = Path(__file__).resolve().parent
 RECORD = HERE / "reference_outputs.json"
 STEPS = 3
+
+
+def platform_key() -> str:
+    """The CPU's vendor and ATen's instruction set, with torch's version: what the record is kept by."""
+    import platform
+
+    vendor = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            vendor = next((line.split(":", 1)[1].strip() for line in fh if line.startswith("vendor_id")), vendor)
+    except OSError:
+        pass
+    version = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    return f"{vendor}/{torch.backends.cpu.get_cpu_capability()}/torch-{version}"
 
 
 def cases() -> list[tuple[str, dict]]:
@@ -76,5 +96,7 @@ if __name__ == "__main__":
         build_tiny_vae().save_pretrained(d)
         models = Models(vae=d, face_model=TinyRecognizer(), features="ae", detector=None)
         rec = compute(models)
-    RECORD.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-    print(json.dumps(rec, indent=1, sort_keys=True))
+    records = json.loads(RECORD.read_text()) if "--add" in sys.argv[1:] and RECORD.exists() else {}
+    records[platform_key()] = rec
+    RECORD.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
+    print(json.dumps({platform_key(): rec}, indent=1, sort_keys=True))
