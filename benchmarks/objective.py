@@ -19,7 +19,8 @@ rounded to the 8-bit grid), protected once with ``--seed``, and judged by dlib's
 * ``raw``: the protected photo itself.
 
 with ``similarity``, the attacked recognizers' weighted cosine after the round trip (what the
-optimiser pushed down), and the visibility (PSNR, SSIM, flat-region change, the gate).
+optimiser pushed down), and the visibility (PSNR, SSIM, flat-region change, the gate, and
+``texture``: :func:`imguard.visibility.added_texture`, what the gate misses on smooth skin).
 
 ``--flat-to STD`` (an ablation of the perceptual budget, every configuration of the run): the
 projection's local-mean removal, which keeps the change fine-grained where the photo is flat,
@@ -56,6 +57,7 @@ from imguard.models import FaceDetector, FaceEmbedder, find_faces, load_autoenco
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
 from imguard.transforms import jpeg_pil  # noqa: E402
+from imguard.visibility import added_texture  # noqa: E402
 from transfer import load_faces, write_rows  # noqa: E402
 
 PROTECTOR_OPTIONS = ("vae", "face_model")
@@ -164,7 +166,8 @@ def main(argv=None) -> int:
             extra = {"members": member_cosines(members, detector, x, y, conditions)} if members is not None else {}
             rows.append({"config": cname, "strength": args.strength, "options": {**built, **opts}, "face": face, "steps": args.steps, "seconds": round(secs, 1),
                          "similarity": round(float(r.similarity[0]), 3), "dlib": dists, "psnr": round(v.psnr, 2),
-                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible, "flat_to": args.flat_to, **extra})
+                         "ssim": round(v.ssim, 4), "flat": round(v.flat, 3),
+                         "texture": round(float(added_texture(x, y)[0]), 3), "invisible": v.invisible, "flat_to": args.flat_to, **extra})
             print(json.dumps(rows[-1]), flush=True)
     write_rows(args.out, rows)
     return 0

@@ -36,6 +36,13 @@ after TAESD against the visibility: what each point of visibility would buy, pas
 
 the worst case of the perceptual budget at that size and ``jnd_scale``: every pixel changed by
 its whole radius (see :func:`saturated`), per face, against the gate.
+
+    python benchmarks/visibility.py --texture 256 KEPT_DIR ../shared/assets/faces/dev/sample1/0051_01.png ...
+
+per face, :func:`imguard.visibility.added_texture` (what the gate misses: texture added where
+the photo is smooth) and the gate's measures, for references (JPEG-90, JPEG-75, uniform noise of
++-2/255 and +-4/255) and for every protected face kept in KEPT_DIR whose name ends with the
+face's (``benchmarks/objective.py --keep``'s ``CONFIG-FOLDER_FACE.png``; ``-`` for none).
 """
 
 from __future__ import annotations
@@ -161,6 +168,40 @@ def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed
     return rows
 
 
+def texture_rows(paths: list[Path], size: int, kept: Path | None = None, seed: int = 0) -> list[dict]:
+    """Per face at ``size`` px (resized as :func:`transfer.load_faces` does): the added texture and
+    the gate's measures of the references and of each kept protected face (see the module doc)."""
+    import io as _io
+
+    from imguard.visibility import added_texture
+
+    def levels(t):
+        return (t.clamp(0, 1) * 255).round() / 255
+
+    def jpeg(x, q):
+        buf = _io.BytesIO()
+        Image.fromarray(to_uint8_hwc(x[0])).save(buf, "JPEG", quality=q)
+        return to_tensor(Image.open(buf).convert("RGB"))[0]
+
+    rows = []
+    g = torch.Generator().manual_seed(seed)
+    for path in paths:
+        stem, x = load_faces([path], size, None)
+        stem = stem[0]
+        cands = {"jpeg90": jpeg(x, 90), "jpeg75": jpeg(x, 75),
+                 "noise2": levels(x + (torch.rand(x.shape, generator=g) * 4 - 2) / 255),
+                 "noise4": levels(x + (torch.rand(x.shape, generator=g) * 8 - 4) / 255)}
+        for f in sorted(kept.glob(f"*{stem}.png")) if kept else []:
+            base = f.stem[: -len(stem)].rstrip("_")  # CONFIG-FOLDER_ or CONFIG-
+            name = base[:-1] if base.endswith("-") else base.rsplit("-", 1)[0]
+            cands[name or kept.name] = to_tensor(read_image(f))[0]  # STEM.png, as protect_all keeps them
+        for name, y in cands.items():
+            v = measure(x, y)[0]
+            rows.append({"face": stem, "change": name, "texture": round(float(added_texture(x, y)[0]), 3),
+                         "psnr": round(v.psnr, 2), "ssim": round(v.ssim, 4), "flat": round(v.flat, 3), "invisible": v.invisible})
+    return rows
+
+
 @torch.no_grad()
 def conditions(aes: dict, img: torch.Tensor, dev="cpu") -> dict[str, torch.Tensor]:
     """:data:`CONDITIONS` of ``img`` (on the CPU): a TAESD round trip, JPEG-75 then TAESD, a
@@ -181,6 +222,7 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
     visibility and dlib's full-pipeline distance to the clean face after a TAESD round trip,
     JPEG-75 then TAESD, and a TAEF2 round trip (0.6 = dlib's same-person threshold)."""
     from imguard.models import load_autoencoder
+    from imguard.visibility import added_texture
 
     dl = DlibPipeline()
     aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
@@ -197,13 +239,14 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
         for f in factors:
             xa = ((xi + f * (xp - xi)).clamp(0, 1) * 255).round() / 255
             dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conditions(aes, xa).items()}
-            rows.append({"face": stem, "factor": f, **measure(xi, xa)[0].as_dict(), "dlib_distance": dist})
+            rows.append({"face": stem, "factor": f, **measure(xi, xa)[0].as_dict(),
+                         "texture": float(added_texture(xi, xa)[0]), "dlib_distance": dist})
     return rows
 
 
 def amplified_table(rows: list[dict]) -> str:
-    lines = ["| factor | faces | PSNR | SSIM | flat /255 | pass the gate | dlib distance, TAESD (mean; lost) "
-             "| JPEG-75 -> TAESD (mean; lost) | TAEF2 (mean; lost) |", "|" + " --- |" * 9]
+    lines = ["| factor | faces | PSNR | SSIM | flat /255 | added texture /255 | pass the gate | dlib distance, TAESD (mean; lost) "
+             "| JPEG-75 -> TAESD (mean; lost) | TAEF2 (mean; lost) |", "|" + " --- |" * 10]
     for f in sorted({r["factor"] for r in rows}):
         rs = [r for r in rows if r["factor"] == f]
         n = len(rs)
@@ -214,7 +257,8 @@ def amplified_table(rows: list[dict]) -> str:
             finite = [v for v in d if v != float("inf")]
             return f"{sum(finite) / max(len(finite), 1):.3f}; {lost}/{n}"
         lines.append(f"| x{f:g} | {n} | {sum(r['psnr'] for r in rs) / n:.1f} | {sum(r['ssim'] for r in rs) / n:.3f} "
-                     f"| {sum(r['flat'] for r in rs) / n:.2f} | {sum(r['invisible'] for r in rs)}/{n} | "
+                     f"| {sum(r['flat'] for r in rs) / n:.2f} | {sum(r.get('texture', float('nan')) for r in rs) / n:.2f} "
+                     f"| {sum(r['invisible'] for r in rs)}/{n} | "
                      + " | ".join(cell(c) for c in CONDITIONS) + " |")
     return "\n".join(lines) + "\n"
 
@@ -287,6 +331,13 @@ def main(argv=None) -> int:
               f"worst PSNR {min(r['psnr'] for r in rows):.1f}, worst SSIM {min(r['ssim'] for r in rows):.3f}, "
               f"worst flat {max(r['flat'] for r in rows):.2f}/255; mean PSNR {sum(r['psnr'] for r in rows) / n:.1f}, "
               f"SSIM {sum(r['ssim'] for r in rows) / n:.3f}, flat {sum(r['flat'] for r in rows) / n:.2f}")
+        return 0
+    if argv is None and sys.argv[1:2] == ["--texture"]:  # --texture SIZE KEPT_DIR|- FILES...
+        kept = None if sys.argv[3] == "-" else Path(sys.argv[3])
+        print("| face | change | added texture | PSNR | SSIM | flat | gate |\n| --- | --- | --- | --- | --- | --- | --- |")
+        for r in texture_rows([Path(a) for a in sys.argv[4:]], int(sys.argv[2]), kept):
+            print(f"| {r['face']} | {r['change']} | {r['texture']:.2f} | {r['psnr']:.1f} | {r['ssim']:.3f} | {r['flat']:.2f} | "
+                  f"{'pass' if r['invisible'] else 'fail'} |")
         return 0
     if argv is None and sys.argv[1:2] == ["--explain"]:
         for region in ("image", "face"):

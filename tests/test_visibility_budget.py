@@ -12,7 +12,7 @@ import torch
 
 import imguard
 from imguard.budget import Budget, contrast_masking_map, finalize, flat_weight, jnd_map, quantize
-from imguard.visibility import GATE, Visibility, flat_region_change, measure
+from imguard.visibility import GATE, Visibility, added_texture, flat_region_change, measure
 
 from conftest import ROOT, requires_assets
 
@@ -142,6 +142,37 @@ def test_flat_region_measure_sees_smooth_patterns_not_fine_noise():
     f_noise, _ = flat_region_change(x, x + noise)
     assert float(share) == 1.0
     assert float(f_swirl) > 1.5 and float(f_noise) < 1.0
+
+
+def test_added_texture_ranks_compression_below_noise_below_a_mesh():
+    # the shipped sample: a compression smooths (little rise), noise adds grain, a periodic
+    # 3/255 mesh (the kind a zoom finds on skin under gate="fill") adds the most
+    import io
+
+    from PIL import Image
+
+    from imguard.io import to_tensor
+
+    im = Image.open(ROOT / "src/imguard/samples/astronaut.png").convert("RGB")
+    x, _ = to_tensor(im)
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90)
+    jpeg90, _ = to_tensor(Image.open(buf).convert("RGB"))
+    g = torch.Generator().manual_seed(0)
+
+    def levels(t):
+        return (t.clamp(0, 1) * 255).round() / 255
+
+    noise4 = levels(x + (torch.rand(x.shape, generator=g) * 8 - 4) / 255)
+    yy, xx = torch.meshgrid(torch.arange(x.shape[-2]), torch.arange(x.shape[-1]), indexing="ij")
+    mesh = levels(x + (3 * torch.sin(2 * math.pi * (xx + yy) / 6.0) / 255).expand_as(x))
+    t = [float(added_texture(x, y)[0]) for y in (x, jpeg90, noise4, mesh)]
+    assert t[0] == 0.0
+    assert t[1] < 0.25 < t[2] < 0.6 < t[3]
+    # the same noise confined to textured pixels adds little where the photo is smooth
+    sd = imguard.budget.local_std(imguard.budget.luminance(x)) * 255
+    textured_only = levels(x + (noise4 - x) * (sd >= 14).float())
+    assert float(added_texture(x, textured_only)[0]) < 0.5 * t[2]
 
 
 def test_measure_agrees_with_the_teams_reference_tool():

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .budget import FLAT_STD, conv_layout, gaussian_smooth, gaussian_valid, local_std, luminance
 
-__all__ = ["FLAT_STD", "GATE", "Visibility", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
+__all__ = ["FLAT_STD", "GATE", "SMOOTH_STD", "Visibility", "added_texture", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
 
 #: The invisibility gate: flat-region change at most, PSNR and SSIM at least.
 GATE = {"flat": 1.0, "psnr": 36.0, "ssim": 0.95}
@@ -139,6 +139,29 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         s12 = blur(a * b).sub_(mu12)
         num = mu12.mul_(2.0).add_(_C1).mul_(s12.mul_(2.0).add_(_C2))
         return num.div_(den.add_(1e-12))
+
+
+#: :func:`added_texture` looks at pixels whose original is smoother than this (7x7 luminance std, /255)
+SMOOTH_STD = 10.0
+
+
+def added_texture(original: torch.Tensor, protected: torch.Tensor, smooth_std: float = SMOOTH_STD) -> torch.Tensor:
+    """Per sample [B], in /255: how much texture the change adds where the original is smooth.
+
+    Over the pixels whose original has a 7x7 luminance std below ``smooth_std``/255 (smooth and
+    lightly textured skin, sky, a blurred background), the mean rise of that local std from the
+    original to the protected image (a fall counts as 0). Not part of the gate: it is the
+    measure of what the gate misses (docs/evaluation.md), the faint mottling a zoomed look finds
+    on cheeks. A compression smooths (its rise is small), noise and patterns add texture. On the
+    two dev portraits at 256 px: JPEG-90 0.08, uniform noise of +-2/255 0.09-0.12, +-4/255
+    0.24-0.33, ``high`` 0.23-0.25, ``gate="fill"`` 0.47-0.54 (a mesh a 2x zoom shows), the visible
+    pre-perceptual-budget ``medium`` 0.97-1.43. Both images [B,3,H,W] in [0,1]."""
+    a = luminance(original.detach().float())
+    b = luminance(_as_float(protected.detach().to(original.device)))
+    sa, sb = local_std(a), local_std(b)
+    smooth = (sa < smooth_std / 255.0).to(sa.dtype)
+    rise = (sb - sa).clamp_min(0) * smooth
+    return rise.flatten(1).sum(1) / smooth.flatten(1).sum(1).clamp_min(1) * 255.0
 
 
 def _flat_of(t: dict) -> torch.Tensor:
