@@ -8,6 +8,11 @@ every pixel may move by eps as the papers do, eps 6, FaceLock's whole-photo feat
 schedule, both autoencoders): how imguard looked before the perceptual budget. The "now" column
 is ``medium`` as it ships. Each column is labelled with its measured visibility
 (:func:`imguard.visibility`). Seeded; the sample ships with imguard, so this runs in a fresh clone.
+
+    python benchmarks/before_after.py --strengths high,max --out docs/img/high-and-max.png --threads 2
+
+draws one column per strength as it ships instead, labelled with the added texture too
+(:func:`imguard.visibility.added_texture`): what ``max`` costs to the eye next to ``high``.
 """
 
 from __future__ import annotations
@@ -23,7 +28,9 @@ sys.path.insert(0, str(ROOT / "src"))
 from PIL import Image, ImageDraw  # noqa: E402
 
 import imguard  # noqa: E402
+from imguard.io import to_tensor  # noqa: E402
 from imguard.runtime import set_threads  # noqa: E402
+from imguard.visibility import added_texture  # noqa: E402
 
 #: (left, top, right, bottom) of the 256 px sample: a smooth background beside the flag, the face
 CROPS = ((0, 0, 80, 80), (80, 40, 160, 120))
@@ -33,8 +40,9 @@ BEFORE = {"budget": "linf", "gate": False, "eps": 6, "steps": 100, "region": "im
           "lambda_direct": 0.0, "momentum": 0.9, "diversity": 0.1, "ti_kernel": 5}
 
 
-def label_of(v) -> str:
-    return f"PSNR {v.psnr:.1f}, SSIM {v.ssim:.3f}, flat {v.flat:.2f}/255"
+def label_of(v, texture: float | None = None) -> str:
+    extra = "" if texture is None else f",\nadded texture {texture:.2f}/255"
+    return f"PSNR {v.psnr:.1f}, SSIM {v.ssim:.3f}, flat {v.flat:.2f}/255{extra}"
 
 
 def figure(columns: list[tuple[str, Image.Image]], crops=CROPS, zoom: int = 3, gap: int = 10, head: int = 34) -> Image.Image:
@@ -58,21 +66,27 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="bench/visibility-before-after.png")
+    ap.add_argument("--strengths", default=None,
+                    help="instead of before/now: one column per strength as it ships, e.g. high,max (labels add the added texture)")
     args = ap.parse_args(argv)
     set_threads(args.threads)
     clean = Image.open(ROOT / "src/imguard/samples/astronaut.png").convert("RGB")
     columns = [("original (public-domain sample)", clean)]
-    runs = (("medium until 2026-12-06: budget linf, eps 6", imguard.Protector(strength="medium", check=False, **BEFORE_MODELS), BEFORE),
-            ("medium now: perceptual budget", imguard.Protector(strength="medium", check=False), {}))
+    if args.strengths:
+        runs = tuple((f"{s} as it ships", imguard.Protector(strength=s, check=False), {}) for s in args.strengths.split(","))
+    else:
+        runs = (("medium until 2026-12-06: budget linf, eps 6", imguard.Protector(strength="medium", check=False, **BEFORE_MODELS), BEFORE),
+                ("medium now: perceptual budget", imguard.Protector(strength="medium", check=False), {}))
     for name, p, opts in runs:
         t0 = time.perf_counter()
         r = p.protect(clean, seed=args.seed, return_result=True, **opts)
         v = r.visibility[0]
-        print(f"{name}: {label_of(v)} ({time.perf_counter() - t0:.0f} s)", flush=True)
-        columns.append((f"{name}\n{label_of(v)}", r.image))  # a PIL image in, a PIL image out
+        tex = float(added_texture(to_tensor(clean)[0], to_tensor(r.image)[0])[0]) if args.strengths else None
+        print(f"{name}: {label_of(v, tex)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        columns.append((f"{name}\n{label_of(v, tex)}", r.image))  # a PIL image in, a PIL image out
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure(columns).save(out)
+    figure(columns, head=48 if args.strengths else 34).save(out)
     print(out)
     return 0
 

@@ -131,6 +131,7 @@ def test_summary_counts_outputs_still_recognisable_and_names_the_flag():
     text = rep.summary()
     assert "1 protected (1 still recognisable by the check" in text and "--strength high" in text
     assert "--steps" in stronger_hint({"strength": "high"}) and "--strength medium" in stronger_hint({"strength": "low"})
+    assert "--strength max" in stronger_hint({"strength": "high"}) and "--strength max" not in stronger_hint({"strength": "max"})
     assert "recognisable" not in Report(protected=[job]).summary()
 
 

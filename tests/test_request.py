@@ -5,7 +5,7 @@ import pytest
 
 from imguard import Protector
 from imguard.cli import _settings, build_parser
-from imguard.presets import PRESETS
+from imguard.presets import PRESETS, get_preset
 from imguard.request import resolve
 from imguard.serve.app import job_request
 
@@ -16,7 +16,7 @@ def _cli(*flags):
     return settings["request"], kwargs
 
 
-@pytest.mark.parametrize("strength", list(PRESETS))
+@pytest.mark.parametrize("strength", [*PRESETS, "max"])
 @pytest.mark.parametrize("steps", [None, 7])
 def test_api_cli_and_web_page_agree(strength, steps):
     api = Protector(strength=strength, device="cpu").request(steps=steps)
@@ -24,7 +24,7 @@ def test_api_cli_and_web_page_agree(strength, steps):
     web = job_request(strength, steps)
     assert api.as_dict() == cli == web.as_dict()
     assert api == web
-    assert api.strength == strength and api.engine.steps == (steps or PRESETS[strength].options["steps"])
+    assert api.strength == strength and api.engine.steps == (steps or get_preset(strength).options["steps"])
     # what the CLI hands the protector resolves to the same request again
     assert Protector(device="cpu").request(**{k: v for k, v in kwargs.items() if k != "seed"}) == api
 
@@ -52,6 +52,17 @@ def test_a_preset_applies_only_to_its_own_method():
     assert resolve().strength == "medium"
     cli, _ = _cli("--method", "photoguard", "--strength", "high")
     assert cli == plain.as_dict()
+
+
+def test_max_is_high_to_the_edge_of_the_gate_and_not_an_invisible_preset():
+    high, mx = resolve(strength="high"), resolve(strength="max")
+    assert "max" not in PRESETS  # the invisible presets are low, medium and high
+    assert (mx.method, mx.recognizer, mx.autoencoder, mx.engine) == (high.method, high.recognizer, high.autoencoder, high.engine)
+    assert mx.options == high.options
+    assert (mx.budget.kind, mx.budget.jnd_scale, mx.budget.psnr_floor, mx.budget.gate) == ("jnd", 2.0, 36.0, "fill")
+    assert (high.budget.jnd_scale, high.budget.gate) == (1.3, True)
+    cli, _ = _cli("--strength", "max")
+    assert cli == mx.as_dict()
 
 
 def test_explicit_arguments_override_the_preset():

@@ -51,7 +51,7 @@ class Protector:
     >>> protected = p.protect(img)                        # same type as img
     >>> result = p.protect(img, return_result=True); print(result.summary())   # incl. the check
 
-    ``strength`` ("low", "medium", "high"; see :mod:`imguard.presets`) picks the surrogate
+    ``strength`` ("low", "medium", "high", "max", "fast"; see :mod:`imguard.presets`) picks the surrogate
     models, budget, steps and transfer techniques; ``vae``, ``face_model`` and method options
     given explicitly override the preset's. ``method`` other than the preset's (e.g.
     ``"photoguard"``) uses that method's own defaults. ``models`` may be a
@@ -250,7 +250,7 @@ def protect(
     """Protect one image (or a batch tensor) against diffusion editing.
 
     Returns the same type and size as ``image``. ``strength`` ("low", "medium" (the default
-    when no ``method`` is named), "high") picks surrogate models, budget and transfer techniques (:mod:`imguard.presets`);
+    when no ``method`` is named), "high"; "max": high to the edge of the gate, visible when zoomed in; "fast") picks surrogate models, budget and transfer techniques (:mod:`imguard.presets`);
     ``eps`` (in /255 pixel units), ``steps``, models and method options override it.
     Models are loaded once and cached between calls; for control over their lifetime use
     :class:`Protector`. With ``return_result=True`` the :class:`ProtectionResult` carries the

@@ -80,7 +80,10 @@ def stronger_hint(settings: dict) -> str:
     if strength == "low":
         return "run again with --strength medium or --strength high (and --overwrite)"
     if strength == "high":
-        return "run again with more --steps (e.g. --steps 400) or a larger --eps (more visible), and --overwrite"
+        return ("run again with --strength max (stronger; zoomed in, a fine mesh shows on smooth areas) "
+                "or more --steps (e.g. --steps 400), and --overwrite")
+    if strength == "max":
+        return "run again with more --steps (e.g. --steps 400) or --budget linf (plainly visible), and --overwrite"
     return "run again with --strength high (and --overwrite)"
 
 
@@ -455,7 +458,9 @@ class Runner:
             self.write(f"{job.src} -> {job.dst}  (max |delta| {achieved:.2f}/255 of eps {res.eps:g}; "
                        f"{res.method}, {res.steps} step{'' if res.steps == 1 else 's'}, {res.seconds / n:.1f}s/image)")
             if seen is not None:
-                self.write(f"  {seen.line()}")
+                caveat = ("; --strength max: zoomed in, a fine mesh shows on smooth areas"
+                          if self.settings.get("strength") == "max" else "")
+                self.write(f"  {seen.line()}{caveat}")
             if check:
                 self.write(f"  {check}")
         if self.sleep:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .io import DEFAULT_MAX_PIXELS
+from .presets import strength_names
 
 DESCRIPTION = """\
 imguard adds an invisible perturbation (a few /255 per pixel) to portrait photos so that
@@ -572,9 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--example", action="store_true", help="also protect the bundled sample portrait (NASA, public domain): a first run needs no photo")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the protected images (created if missing; a folder, not a file name)")
     p.add_argument("-r", "--recursive", action="store_true", help="also protect the images in subfolders (the tree is mirrored under OUT_DIR)")
-    p.add_argument("--strength", default=None, choices=["low", "medium", "high", "fast"],
+    p.add_argument("--strength", default=None, choices=strength_names(),
                    help="a preset of models, budget, steps and transfer techniques (default: medium when no --method is given); "
-                   "fast: pre-trained perturbations, about a second a photo")
+                   "low, medium and high are invisible by the gate; max: high taken to the gate's edge, stronger, a fine "
+                   "mesh shows on smooth areas when zoomed in; fast: pre-trained perturbations, about a second a photo")
     p.add_argument("--refine", type=_positive_int, default=None, metavar="N",
                    help="with --strength fast: N optimisation steps from the pre-trained start (stronger, slower)")
     p.add_argument("--fast-weights", default=None, metavar="FILE",

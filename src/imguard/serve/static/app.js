@@ -10,7 +10,8 @@ let chosen = [];
 const PLAIN = {
   low: "quickest: the lightest protection, against the common editors' autoencoder",
   medium: "balanced: takes longer, also changes the photo itself for editors it never saw",
-  high: "strongest: takes longest, twice the face models, also aims at JPEG saving",
+  high: "strongest that stays invisible: takes longest, twice the face models, also aims at JPEG saving",
+  max: "stronger than high, and not quite invisible: zoomed in, a fine mesh shows on smooth skin and backgrounds",
 };
 
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;"}[c])); }
