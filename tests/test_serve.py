@@ -454,7 +454,9 @@ def test_page_in_a_headless_browser(tiny_protector, tmp_path, dev_face):
         driver = headless_chromium()
         try:
             driver.get(url)
-            WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "strength")).options) == 4)
+            from imguard.presets import STRENGTHS
+
+            WebDriverWait(driver, 20).until(lambda d: len(Select(d.find_element(By.ID, "strength")).options) == len(STRENGTHS))
             Select(driver.find_element(By.ID, "strength")).select_by_value("low")
             driver.find_element(By.ID, "steps").send_keys("3")
             driver.find_element(By.ID, "files").send_keys(str(dev_face))
