@@ -93,8 +93,8 @@ PRESETS: dict[str, Preset] = {
 DEFAULT_STRENGTH = "medium"
 
 #: ``high`` driven to the edge of the gate (:data:`TO_THE_GATE`): not one of the invisible
-#: presets. It passes the gate's numbers, and a zoomed look shows a fine mesh on
-#: smooth skin and backgrounds (docs/guide/strength.md has the picture); the explicit choice of more strength at
+#: presets. It passes the gate's numbers, and a zoomed look shows a fine mesh on smooth skin and
+#: backgrounds (docs/guide/strength.md has the picture): the explicit choice of more strength at
 #: a visible cost that the invisible presets leave to the user.
 MAX = Preset(
     "max", "high taken to the edge of the visibility gate: stronger, and a fine mesh shows on smooth areas when zoomed in",

@@ -154,7 +154,7 @@ def added_texture(original: torch.Tensor, protected: torch.Tensor, smooth_std: f
     measure of what the gate misses (docs/evaluation.md), the faint mottling a zoomed look finds
     on cheeks. A compression smooths (its rise is small), noise and patterns add texture. On the
     two dev portraits at 256 px: JPEG-90 0.08, uniform noise of +-2/255 0.09-0.12, +-4/255
-    0.24-0.33, ``high`` 0.23-0.25, ``gate="fill"`` 0.47-0.54 (a mesh a 2x zoom shows), the visible
+    0.24-0.32, ``high`` 0.23-0.25, ``gate="fill"`` 0.47-0.54 (a mesh a 2x zoom shows), the visible
     pre-perceptual-budget ``medium`` 0.97-1.43. Both images [B,3,H,W] in [0,1]."""
     a = luminance(original.detach().float())
     b = luminance(_as_float(protected.detach().to(original.device)))
