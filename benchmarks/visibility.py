@@ -65,8 +65,8 @@ import imguard  # noqa: E402
 from imguard.io import read_image, save_image, to_tensor, to_uint8_hwc  # noqa: E402
 from imguard.models import FaceDetector, FaceEmbedder, load_autoencoder, load_face_recognizer  # noqa: E402
 from imguard.models.dlib_face import DlibPipeline  # noqa: E402
-from imguard.transforms import get_purification  # noqa: E402
-from imguard.visibility import GATE, measure  # noqa: E402
+from imguard.transforms import get_purification, jpeg_pil  # noqa: E402
+from imguard.visibility import GATE, added_texture, measure  # noqa: E402
 from transfer import attacked_names, kept_dir, load_faces, parse_config, parser  # noqa: E402
 
 CONDITIONS = ("taesd", "jpeg75->taesd", "taef2")
@@ -171,24 +171,15 @@ def saturated(paths: list[Path], size: int, scale: float, eps: float = 8.0, seed
 def texture_rows(paths: list[Path], size: int, kept: Path | None = None, seed: int = 0) -> list[dict]:
     """Per face at ``size`` px (resized as :func:`transfer.load_faces` does): the added texture and
     the gate's measures of the references and of each kept protected face (see the module doc)."""
-    import io as _io
-
-    from imguard.visibility import added_texture
-
     def levels(t):
         return (t.clamp(0, 1) * 255).round() / 255
-
-    def jpeg(x, q):
-        buf = _io.BytesIO()
-        Image.fromarray(to_uint8_hwc(x[0])).save(buf, "JPEG", quality=q)
-        return to_tensor(Image.open(buf).convert("RGB"))[0]
 
     rows = []
     g = torch.Generator().manual_seed(seed)
     for path in paths:
         stem, x = load_faces([path], size, None)
         stem = stem[0]
-        cands = {"jpeg90": jpeg(x, 90), "jpeg75": jpeg(x, 75),
+        cands = {"jpeg90": jpeg_pil(x, 90), "jpeg75": jpeg_pil(x, 75),
                  "noise2": levels(x + (torch.rand(x.shape, generator=g) * 4 - 2) / 255),
                  "noise4": levels(x + (torch.rand(x.shape, generator=g) * 8 - 4) / 255)}
         for f in sorted(kept.glob(f"*{stem}.png")) if kept else []:
@@ -222,7 +213,6 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
     visibility and dlib's full-pipeline distance to the clean face after a TAESD round trip,
     JPEG-75 then TAESD, and a TAEF2 round trip (0.6 = dlib's same-person threshold)."""
     from imguard.models import load_autoencoder
-    from imguard.visibility import added_texture
 
     dl = DlibPipeline()
     aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}

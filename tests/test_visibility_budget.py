@@ -147,17 +147,11 @@ def test_flat_region_measure_sees_smooth_patterns_not_fine_noise():
 def test_added_texture_ranks_compression_below_noise_below_a_mesh():
     # the shipped sample: a compression smooths (little rise), noise adds grain, a periodic
     # 3/255 mesh (the kind a zoom finds on skin under gate="fill") adds the most
-    import io
+    from imguard.io import read_image, to_tensor
+    from imguard.transforms import jpeg_pil
 
-    from PIL import Image
-
-    from imguard.io import to_tensor
-
-    im = Image.open(ROOT / "src/imguard/samples/astronaut.png").convert("RGB")
-    x, _ = to_tensor(im)
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=90)
-    jpeg90, _ = to_tensor(Image.open(buf).convert("RGB"))
+    x, _ = to_tensor(read_image(ROOT / "src/imguard/samples/astronaut.png"))
+    jpeg90 = jpeg_pil(x, 90)
     g = torch.Generator().manual_seed(0)
 
     def levels(t):
