@@ -63,6 +63,12 @@ def test_max_is_high_to_the_edge_of_the_gate_and_not_an_invisible_preset():
     assert (high.budget.jnd_scale, high.budget.gate) == (1.3, True)
     cli, _ = _cli("--strength", "max")
     assert cli == mx.as_dict()
+    # what its results look like beyond the gate's numbers is said where the visibility is shown
+    from imguard.bulk import visibility_caveat
+
+    assert get_preset("max").caveat and not any(p.caveat for p in PRESETS.values())
+    assert visibility_caveat("max") == f"; --strength max: {get_preset('max').caveat}"
+    assert visibility_caveat("high") == visibility_caveat(None) == visibility_caveat("fast") == ""
 
 
 def test_explicit_arguments_override_the_preset():

@@ -56,6 +56,7 @@ def test_upload_poll_download_within_budget(client):
     assert c.get("/").status_code == 200 and "imguard" in c.get("/").text
     info = c.get("/api/info").json()
     assert [s["name"] for s in info["strengths"]] == ["low", "medium", "high", "max", "fast"]
+    assert [bool(s["caveat"]) for s in info["strengths"]] == [False, False, False, True, False]
     data_a, arr_a = _png((48, 40), 0)
     data_b, arr_b = _png((32, 32), 1)
     r = c.post("/api/jobs", files=[("files", ("alice.png", data_a, "image/png")), ("files", ("bob.png", data_b, "image/png"))],

@@ -80,11 +80,22 @@ def stronger_hint(settings: dict) -> str:
     if strength == "low":
         return "run again with --strength medium or --strength high (and --overwrite)"
     if strength == "high":
-        return ("run again with --strength max (stronger; zoomed in, a fine mesh shows on smooth areas) "
+        from .presets import MAX
+
+        return (f"run again with --strength max (stronger; {MAX.caveat}) "
                 "or more --steps (e.g. --steps 400), and --overwrite")
     if strength == "max":
         return "run again with more --steps (e.g. --steps 400) or --budget linf (plainly visible), and --overwrite"
     return "run again with --strength high (and --overwrite)"
+
+
+def visibility_caveat(strength: str | None) -> str:
+    """What the strength's results look like beyond the gate's numbers (its preset's ``caveat``),
+    as the tail of the CLI's visibility line; "" for the invisible presets."""
+    from .presets import STRENGTHS
+
+    preset = STRENGTHS.get(str(strength)) if strength else None
+    return f"; --strength {preset.name}: {preset.caveat}" if preset is not None and preset.caveat else ""
 
 
 def one_line(text: Any) -> str:
@@ -458,9 +469,7 @@ class Runner:
             self.write(f"{job.src} -> {job.dst}  (max |delta| {achieved:.2f}/255 of eps {res.eps:g}; "
                        f"{res.method}, {res.steps} step{'' if res.steps == 1 else 's'}, {res.seconds / n:.1f}s/image)")
             if seen is not None:
-                caveat = ("; --strength max: zoomed in, a fine mesh shows on smooth areas"
-                          if self.settings.get("strength") == "max" else "")
-                self.write(f"  {seen.line()}{caveat}")
+                self.write(f"  {seen.line()}{visibility_caveat(self.settings.get('strength'))}")
             if check:
                 self.write(f"  {check}")
         if self.sleep:

@@ -65,6 +65,9 @@ class Preset:
     face_model: str  #: the recognizers attacked (an ensemble spec)
     vae: str  #: the autoencoders attacked
     options: dict = field(default_factory=dict)  #: method and engine options (eps, steps, techniques)
+    #: what a result looks like beyond the gate's numbers, said beside its visibility wherever one is
+    #: shown (the CLI's line, the page); "" for the invisible presets
+    caveat: str = ""
 
     def as_dict(self) -> dict:
         return {"name": self.name, "description": self.description, "method": self.method,
@@ -100,6 +103,7 @@ MAX = Preset(
     "max", "high taken to the edge of the visibility gate: stronger, and a fine mesh shows on smooth areas when zoomed in",
     method="facelock", face_model=PRESETS["high"].face_model, vae=PRESETS["high"].vae,
     options={**PRESETS["high"].options, **TO_THE_GATE},
+    caveat="zoomed in, a fine mesh shows on smooth areas",
 )
 
 #: ``strength="fast"``: no optimisation, the pre-trained perturbations of :mod:`imguard.fast`

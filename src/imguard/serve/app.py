@@ -435,7 +435,7 @@ def create_app(
     def info():
         return {
             "strengths": [{"name": p.name, "description": p.description, "eps": p.options.get("eps"),
-                           "steps": p.options.get("steps")} for p in PRESETS.values()],
+                           "steps": p.options.get("steps"), "caveat": p.caveat} for p in PRESETS.values()],
             "default_strength": DEFAULT_STRENGTH,
             "limits": {"max_bytes": limits.max_bytes, "max_pixels": limits.max_pixels, "max_files": limits.max_files,
                        "max_steps": limits.max_steps, "max_queued": limits.max_queued, "max_body": limits.body_limit},

@@ -110,9 +110,10 @@ function headline(r) {
 function seen(r) {
   const v = r.visibility;
   if (!v) return "";
-  // max passes the test's numbers by construction and still shows a fine mesh when zoomed in
+  // a strength with a caveat (max) passes the test's numbers and still shows when zoomed in
+  const s = info && info.strengths.find((x) => x.name === r.strength);
   const words = !v.invisible ? "The change may be visible on smooth areas (it does not pass imguard's visibility test)."
-    : r.strength === "max" ? "It passes imguard's visibility test, but at this strength a fine mesh shows on smooth areas when you zoom in."
+    : s && s.caveat ? `It passes imguard's visibility test, but at this strength, ${esc(s.caveat)}.`
     : "The change is too small to see (measured: it passes imguard's visibility test).";
   return `<div class="muted visibility">${words}</div>`;
 }
