@@ -32,6 +32,11 @@ gradient energy that falls outside the face box: where each term would paint.
 walks each kept face's optimised change up (x1 ... x3) and tabulates and plots dlib's distance
 after TAESD against the visibility: what each point of visibility would buy, past the gate too.
 
+    python benchmarks/visibility.py --confine OUT/protected/CONFIG_DIR 256 FACES...
+
+keeps each kept face's change only inside its face box widened 1.3, 1.6 and 2 times (what
+``extent="face"`` allows) and tabulates the same: what the change outside the face buys.
+
     python benchmarks/visibility.py --saturated 512 1.4 ../shared/assets/faces/wild ../shared/assets/faces/dev
 
 the worst case of the perceptual budget at that size and ``jnd_scale``: every pixel changed by
@@ -234,6 +239,41 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
     return rows
 
 
+#: the face boxes' widenings ``--confine`` keeps each change inside (0: the change as it is)
+CONFINE = (0.0, 1.3, 1.6, 2.0)
+
+
+def confined(kept: Path, paths: list[Path], size: int, scales=CONFINE) -> list[dict]:
+    """What the change outside the face buys: each kept protected face (``kept``/STEM.png) has its
+    change kept only inside the face box (imguard's detector) widened by each scale, feathered
+    (:func:`imguard.budget.face_extent`, what ``extent="face"`` uses; 0 = the whole change),
+    quantized to 8 bits; per scale, its visibility, added texture, and dlib's full-pipeline
+    distance to the clean face after a TAESD round trip, JPEG-75 then TAESD, and TAEF2."""
+    from imguard.budget import face_extent
+    from imguard.models import load_autoencoder
+
+    dl, det = DlibPipeline(), FaceDetector("cpu")
+    aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
+    stems, x = load_faces(paths, size, None)
+    rows = []
+    for i, stem in enumerate(stems):
+        png = kept / f"{stem}.png"
+        if not png.exists():
+            continue
+        xi, xp = x[i : i + 1], to_tensor(read_image(png))[0]
+        ref = dl.descriptors(xi)[0]
+        if ref is None:
+            continue
+        face = det.detect(xi)[0]
+        for s in scales:
+            w = torch.ones(1, 1, *xi.shape[-2:]) if s == 0 else face_extent([face], tuple(xi.shape[-2:]), s)
+            xa = ((xi + w * (xp - xi)).clamp(0, 1) * 255).round() / 255
+            dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conditions(aes, xa).items()}
+            rows.append({"face": stem, "factor": s, **measure(xi, xa)[0].as_dict(),
+                         "texture": float(added_texture(xi, xa)[0]), "dlib_distance": dist})
+    return rows
+
+
 def amplified_table(rows: list[dict]) -> str:
     lines = ["| factor | faces | PSNR | SSIM | flat /255 | added texture /255 | pass the gate | dlib distance, TAESD (mean; lost) "
              "| JPEG-75 -> TAESD (mean; lost) | TAEF2 (mean; lost) |", "|" + " --- |" * 10]
@@ -309,6 +349,13 @@ def main(argv=None) -> int:
         (out / "amplified.md").write_text(table)
         plot_amplified(rows, out / "amplified.png")
         print(table)
+        return 0
+    if argv is None and sys.argv[1:2] == ["--confine"]:  # --confine KEPT_DIR SIZE FACES...
+        kept, size = Path(sys.argv[2]), int(sys.argv[3])
+        rows = confined(kept, [Path(a) for a in sys.argv[4:]], size)
+        print(f"Kept faces: `{kept}` at {size} px; command: `{' '.join(sys.argv)}`; 'factor' = the face box's "
+              "widening the change is kept inside (x0 = all of it)\n")
+        print(amplified_table(rows))
         return 0
     if argv is None and sys.argv[1:2] == ["--saturated"]:  # --saturated SIZE SCALE FILES_OR_FOLDERS...
         size, scale = int(sys.argv[2]), float(sys.argv[3])

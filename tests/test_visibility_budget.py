@@ -233,6 +233,34 @@ def test_gate_fill_amplifies_up_to_the_gate_and_no_further(tiny_protector, image
         tiny_protector.protect(image64, steps=1, budget="jnd", gate="always")
 
 
+def test_fill_max_caps_how_far_the_fill_goes(image64):
+    """gate="fill" with fill_max=F: a change with room to spare is amplified by F exactly (its
+    first try), not up to the gate; one that F would carry out of the gate stops inside it."""
+    from imguard.visibility import measure, passes, within_gate
+
+    x = half_flat_half_textured(48, seed=6)
+    g = torch.Generator().manual_seed(3)
+    delta = (torch.rand(x.shape, generator=g) * 2 - 1) * 1.0 / 255  # quiet: PSNR near 53 dB
+    budget = Budget(8)
+    base, _ = finalize(x, delta, budget)
+    for top, quiet in ((1.25, True), (4.0, True)):
+        out, achieved = within_gate(x, delta, budget, None, base.clone(), torch.zeros(1), fill=True, fill_max=top)
+        want, _ = finalize(x, delta * top, budget)
+        assert torch.equal(out, want)  # all the way to fill_max, nothing more
+        assert measure(x, out)[0].invisible
+    loud = delta * 3  # about 3/255 on flat grey: amplifying it by 4 leaves the gate
+    base, _ = finalize(x, loud, budget)
+    v0 = measure(x, base)[0]
+    assert passes(v0)  # inside, with the margin to spare
+    out, _ = within_gate(x, loud, budget, None, base.clone(), torch.zeros(1), fill=True, fill_max=4.0)
+    v = measure(x, out)[0]
+    assert v.invisible and v.psnr < v0.psnr  # amplified, and stopped inside the gate
+    assert not torch.equal(out, finalize(x, loud * 4.0, budget)[0])
+    with pytest.raises(ValueError, match="fill_max must be a factor between 1 and 4"):
+        from imguard.request import resolve
+        resolve(strength="high", gate="fill", fill_max=0.5)
+
+
 def test_psnr_floor_bounds_the_maps_energy(image64):
     from imguard.request import BudgetChoice
 

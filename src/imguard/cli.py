@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         working_size = None if args.working_size == 0 else args.working_size
         _check_working_size(working_size)
         options: dict = {}
-        for key in ("step_size", "norm", "budget", "jnd_scale", "psnr_floor"):
+        for key in ("step_size", "norm", "budget", "jnd_scale", "psnr_floor", "fill_max", "extent", "extent_scale"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         if args.gate is not None:
@@ -600,6 +600,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gate", choices=["off", "on", "fill"], default=None,
                    help="the visibility gate (flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95): on = a result that fails it is scaled "
                         "down until it passes (the presets'); fill = also amplify a result well inside it up to it (an explicit choice; zoomed in, it can show on smooth skin); off")
+    p.add_argument("--fill-max", type=float, default=None,
+                   help="with --gate fill: the most the change is amplified (default: the preset's, else 2; e.g. 1.25)")
+    p.add_argument("--extent", choices=["image", "face"], default=None,
+                   help="where the change may go: face = only in and around each face (the face box widened --extent-scale "
+                        "times, feathered; the rest of the photo is left exactly as it was); image = anywhere (default: the preset's)")
+    p.add_argument("--extent-scale", type=float, default=None, help="with --extent face: how far around the face box the change may go (default 1.6)")
     p.add_argument("--seed", type=int, default=None, help="random seed for a reproducible result")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     p.add_argument("--vae", default=None, help="autoencoder to attack (default: the preset's, or the method's): a Hugging Face id or local folder, or taesd:PATH_PREFIX for an offline tiny autoencoder")

@@ -40,6 +40,7 @@ class Work:
     budget: Budget  #: at the working size, on the device
     native_mask: torch.Tensor | None
     native_budget: Budget
+    native_size: tuple[int, int] = (0, 0)  #: (H, W) of the image the result is finalised at
 
 
 def working_copy(x: torch.Tensor, mask: Any, req: ProtectionRequest, working_size: int | None, device: torch.device) -> Work:
@@ -50,7 +51,7 @@ def working_copy(x: torch.Tensor, mask: Any, req: ProtectionRequest, working_siz
     x_work = resize_image(x.to(device), size)
     mask_work = resize_image(native_mask, size).ge(0.5).float().to(device) if native_mask is not None else None
     budget = req.budget.build(x)  # the perceptual map (budget="jnd"), once, at the native size
-    return Work(size, x_work, mask_work, budget.resized(size).to(device), native_mask, budget)
+    return Work(size, x_work, mask_work, budget.resized(size).to(device), native_mask, budget, (H, W))
 
 
 def mask_tensor(mask: Any, B: int, H: int, W: int) -> torch.Tensor:
@@ -85,11 +86,13 @@ def optimise(req: ProtectionRequest, models: Models, work: Work, seed: int, *, a
              early_stop: Callable | None = None, similarity: bool = False):
     """Step 2: prepare (targets once) -> the engine, at the working size. Returns the engine's
     result and, for face methods (when asked or shown on the bar), the attacked recognizers'
-    similarity to the original before and after (else None)."""
+    similarity to the original before and after (else None). With ``extent="face"``, ``work``'s
+    budgets are confined to the faces the method found (:func:`confine`)."""
     m = get_method(req.method)
     cfg = req.engine.config()
     torch.manual_seed(seed)
     ctx = m.prepare(work.x, models, {**req.options, "names": list(names) if names else None, "cache": cache})
+    confine(req, ctx, work)
     objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
     stop = early_stop if early_stop is not None else margin_stop(m, ctx, req.merged(), cfg.steps)
     sim0 = similarity_to_original(ctx, work.x, amp_dtype) if (progress or similarity) else None
@@ -100,6 +103,19 @@ def optimise(req: ProtectionRequest, models: Models, work: Work, seed: int, *, a
                          seed=seed, amp_dtype=amp_dtype)
     sim1 = similarity_to_original(ctx, work.x + run.delta, amp_dtype) if similarity and sim0 is not None else None
     return run, (sim0, sim1)
+
+
+def confine(req: ProtectionRequest, ctx, work: Work) -> None:
+    """For ``extent="face"``: ``work``'s budgets (working and native) weighted by where the
+    change may go (:func:`~imguard.budget.face_extent`), from the faces the method found."""
+    if req.budget.extent == "image":
+        return
+    from .budget import face_extent
+
+    w = face_extent(getattr(ctx, "faces", None) or [None] * work.x.shape[0], work.size, req.budget.extent_scale)
+    work.budget = work.budget.weighted(w.to(work.x.device))
+    native = resize_image(w, work.native_size) if tuple(work.native_size) != tuple(work.size) else w
+    work.native_budget = work.native_budget.weighted(native)
 
 
 def margin_stop(m, ctx, opts: dict, steps: int):
@@ -133,7 +149,8 @@ def within_budget(req: ProtectionRequest, x: torch.Tensor, delta: torch.Tensor, 
     out, achieved = finalize(x, delta, work.native_budget, work.native_mask)
     if req.budget.gate:  # gate="fill": the optimiser's direction, as far as the gate allows
         out, achieved = visibility.within_gate(x, delta, work.native_budget, work.native_mask, out, achieved,
-                                               fill=req.budget.gate == "fill", seen=seen)
+                                               fill=req.budget.gate == "fill", seen=seen,
+                                               fill_max=req.budget.fill_max)
     if not bool((achieved <= req.budget.eps + 1e-3).all()):
         raise RuntimeError(f"internal error: budget {req.budget.eps}/255 exceeded after quantisation ({achieved.tolist()})")
     return out, achieved

@@ -31,7 +31,10 @@ class BudgetChoice:
     difference; or ``"linf"``, eps everywhere), and ``gate`` (True: scale a result down until it
     passes the visibility gate; ``"fill"``: also amplify one well inside it, up to the gate).
     ``psnr_floor`` (None: :data:`~imguard.budget.PSNR_FLOOR`) bounds the perceptual map's
-    energy. See :class:`~imguard.budget.Budget`."""
+    energy. ``fill_max`` (None: :data:`~imguard.visibility.FILL_MAX`): with ``gate="fill"``, the
+    most the change is amplified. ``extent``: where the change may go, ``"image"`` or ``"face"``
+    (each face box widened ``extent_scale`` times, feathered: :func:`~imguard.budget.face_extent`,
+    applied once the method has found the faces). See :class:`~imguard.budget.Budget`."""
 
     eps: float
     norm: str = "linf"
@@ -39,6 +42,9 @@ class BudgetChoice:
     jnd_scale: float = 1.0
     gate: bool | str = False
     psnr_floor: float | None = None
+    fill_max: float | None = None
+    extent: str = "image"
+    extent_scale: float = 1.6
 
     def __post_init__(self) -> None:
         if not (isinstance(self.gate, bool) or self.gate == "fill"):
@@ -46,6 +52,18 @@ class BudgetChoice:
                              "the visibility gate), 'fill' (and amplify one well inside it, up to the gate)")
         if self.psnr_floor is not None and not (math.isfinite(float(self.psnr_floor)) and 20 <= float(self.psnr_floor) <= 60):
             raise ValueError(f"psnr_floor must be a PSNR in dB between 20 and 60 (e.g. 37), got {self.psnr_floor!r}")
+        if self.fill_max is not None and not (math.isfinite(float(self.fill_max)) and 1.0 <= float(self.fill_max) <= 4.0):
+            raise ValueError(f"fill_max must be a factor between 1 and 4 (how far gate='fill' may amplify the change, e.g. 1.25), "
+                             f"got {self.fill_max!r}")
+        from .budget import EXTENTS
+
+        if self.extent not in EXTENTS:
+            raise ValueError(f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)} ('image': the change may go "
+                             "anywhere; 'face': only in and around each face)")
+        if not (math.isfinite(float(self.extent_scale)) and 1.0 <= float(self.extent_scale) <= 4.0):
+            raise ValueError(f"extent_scale must be a factor between 1 and 4 (the face box widened that much), got {self.extent_scale!r}")
+        if self.extent != "image" and self.norm != "linf":
+            raise ValueError("extent='face' bounds a per-pixel cap: use it with norm='linf'")
 
     def build(self, x=None) -> Budget:
         """The budget; for ``kind="jnd"`` and a native-size image ``x``, with its perceptual map."""
@@ -63,7 +81,8 @@ class BudgetChoice:
     def options(self) -> dict:
         """As method options (``kind`` is the ``budget=`` option)."""
         return {"eps": self.eps, "norm": self.norm, "budget": self.kind, "jnd_scale": self.jnd_scale,
-                "psnr_floor": self.psnr_floor, "gate": self.gate}
+                "psnr_floor": self.psnr_floor, "gate": self.gate, "fill_max": self.fill_max,
+                "extent": self.extent, "extent_scale": self.extent_scale}
 
 
 @dataclass(frozen=True)
@@ -158,7 +177,12 @@ def resolve(
     given = {k: v for k, v in {**options, "eps": eps, "steps": steps}.items() if v is not None}
     opts = m.options(**{**(preset.options if preset else {}), **given})
     gate = opts["gate"] if isinstance(opts["gate"], str) else bool(opts["gate"])
-    budget = BudgetChoice(opts["eps"], opts["norm"], opts["budget"], float(opts["jnd_scale"]), gate, opts["psnr_floor"])
+    budget = BudgetChoice(opts["eps"], opts["norm"], opts["budget"], float(opts["jnd_scale"]), gate, opts["psnr_floor"],
+                         None if opts["fill_max"] is None else float(opts["fill_max"]), str(opts["extent"]),
+                         float(opts["extent_scale"]))
+    if budget.extent == "face" and "face" not in m.needs:
+        raise ValueError(f"extent='face' keeps the change around the faces a face method finds; {m.name!r} finds none "
+                         "(use a face method, e.g. facelock, or give a mask=)")
     budget.build()  # validates eps and norm
     engine = EngineSettings(**{k: opts[k] for k in _ENGINE_FIELDS})
     engine.config()  # validates the engine settings

@@ -278,13 +278,13 @@ FILL_MAX = 2.0
 
 def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: torch.Tensor, achieved: torch.Tensor,
                 tries: int = 7, fill: bool = False, fill_tries: int = 6,
-                seen: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                seen: list | None = None, fill_max: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The gate on each result (``out``, uint8), measured once per image (with :data:`GATE_MARGIN`):
 
     - ``gate=True``: a result that fails it gets its perturbation scaled down, by bisection on
       the factor in [0, 1], to the largest that passes;
     - ``gate="fill"`` (``fill=True``): also, a result that passes gets its change amplified, by
-      bisection on the factor in [1, :data:`FILL_MAX`], to the largest that still passes: the
+      bisection on the factor in [1, ``fill_max``] (None: :data:`FILL_MAX`), to the largest that still passes: the
       optimiser chose the direction, the gate sets how far it goes (a change that stopped short
       of the visibility the gate allows protects less than it could). The change is projected
       on the budget with its map widened by the same factor (:meth:`~imguard.budget.Budget.scaled`,
@@ -306,7 +306,10 @@ def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: 
         bi = budget.sample(i)
         mi = mask[i : i + 1] if mask is not None and mask.shape[0] > 1 else mask
         if inside:
-            best = _largest_passing(x_native, delta, i, bi, mi, 1.0, FILL_MAX, fill_tries, (None, v))
+            top = FILL_MAX if fill_max is None else float(fill_max)
+            best = _largest_passing(x_native, delta, i, bi, mi, 1.0, top, 1, (None, v), at=top)  # all the way, if it passes
+            if best[0] is None:
+                best = _largest_passing(x_native, delta, i, bi, mi, 1.0, top, fill_tries, (None, v))
         else:
             zero = finalize(x_native[i : i + 1], delta[i : i + 1] * 0, bi, mi)
             best = _largest_passing(x_native, delta, i, bi, mi, 0.0, 1.0, tries, (zero, None))
@@ -318,14 +321,16 @@ def within_gate(x_native: torch.Tensor, delta: torch.Tensor, budget, mask, out: 
     return out, achieved
 
 
-def _largest_passing(x_native, delta, i: int, budget, mask, lo: float, hi: float, tries: int, best):
+def _largest_passing(x_native, delta, i: int, budget, mask, lo: float, hi: float, tries: int, best,
+                     at: float | None = None):
     """Bisection on the factor of image ``i``'s change in [lo, hi]: (the finalised result (uint8,
     achieved), its visibility) at the largest factor found that passes the gate, else ``best``.
-    Above 1 the budget's map is widened by the factor (:meth:`~imguard.budget.Budget.scaled`)."""
+    Above 1 the budget's map is widened by the factor (:meth:`~imguard.budget.Budget.scaled`).
+    ``at``: the first factor tried, instead of the middle."""
     from .budget import finalize
 
-    for _ in range(tries):
-        mid = (lo + hi) / 2
+    for k in range(tries):
+        mid = at if (k == 0 and at is not None) else (lo + hi) / 2
         cand = finalize(x_native[i : i + 1], delta[i : i + 1] * mid, budget.scaled(mid) if mid > 1 else budget, mask)
         v = _seen(x_native, delta, i, cand[0])
         if passes(v):

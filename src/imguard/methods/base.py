@@ -16,6 +16,7 @@ import torch
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
     "momentum", "ti_kernel", "diversity", "lowres", "color", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
+    "fill_max", "extent", "extent_scale",
 )
 
 
@@ -40,6 +41,12 @@ class Options:
     # perturbation scaled down until it passes; gate="fill": also, a result well inside it is
     # amplified, up to the gate (imguard.visibility.within_gate)
     gate: bool | str = False
+    # gate="fill": the most the change is amplified (imguard.visibility.FILL_MAX when None)
+    fill_max: float | None = None
+    # where the change may go: "image" (anywhere) or "face" (inside each face box widened
+    # extent_scale times, feathered; the budget's map weighted by it, imguard.budget.face_extent)
+    extent: str = "image"
+    extent_scale: float = 1.6
     schedule: str = "constant"
     optimizer: str = "sign"
     random_start: bool = True
