@@ -6,9 +6,11 @@ vendor and instruction set), so the record holds one set per CPU (:func:`platfor
 CPU with no set skips the test, saying so.
 
 ``python tests/reference_cases.py`` (from the repository root, ``PYTHONPATH=src``) rewrites
-the JSON with this CPU's set alone (the others may no longer hold): only do that when a change of
-results is intended and said so. ``--add`` keeps the other CPUs' sets: for adding a CPU when
-nothing changed (the other sets still pass on their CPUs).
+this CPU's set: only do that when a change of results is intended and said so. The other CPUs'
+sets keep the cases whose output did not change here and lose the others (they cannot be known
+until recorded on that CPU; the test compares the cases a set has). With no earlier set for this
+CPU nothing can be compared, and the other sets are dropped. ``--add`` keeps the other CPUs'
+sets whole: for adding a CPU when nothing changed (the other sets still pass on their CPUs).
 """
 
 from __future__ import annotations
@@ -83,6 +85,22 @@ def compute(tiny_models) -> dict:
         torch.set_num_threads(threads)
 
 
+def updated(records: dict, key: str, rec: dict, keep_others: bool = False) -> dict:
+    """The record with CPU ``key``'s set replaced by ``rec``. ``keep_others``: the other sets as
+    they are; else each keeps only the cases whose output is unchanged on this CPU (none when this
+    CPU had no set to compare with)."""
+    old = records.get(key, {})
+    out = {}
+    for k, v in records.items():
+        if k == key:
+            continue
+        kept = v if keep_others else {c: h for c, h in v.items() if c in old and old[c] == rec.get(c)}
+        if kept:
+            out[k] = kept
+    out[key] = dict(rec)
+    return out
+
+
 if __name__ == "__main__":
     import sys
     import tempfile
@@ -96,7 +114,7 @@ if __name__ == "__main__":
         build_tiny_vae().save_pretrained(d)
         models = Models(vae=d, face_model=TinyRecognizer(), features="ae", detector=None)
         rec = compute(models)
-    records = json.loads(RECORD.read_text()) if "--add" in sys.argv[1:] and RECORD.exists() else {}
-    records[platform_key()] = rec
+    records = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    records = updated(records, platform_key(), rec, keep_others="--add" in sys.argv[1:])
     RECORD.write_text(json.dumps(records, indent=1, sort_keys=True) + "\n")
     print(json.dumps({platform_key(): rec}, indent=1, sort_keys=True))
