@@ -217,6 +217,33 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
     amplified by each factor (clipped to [0,1], quantized to 8 bits); per factor, its
     visibility and dlib's full-pipeline distance to the clean face after a TAESD round trip,
     JPEG-75 then TAESD, and a TAEF2 round trip (0.6 = dlib's same-person threshold)."""
+    return _reweighted(kept, paths, size, lambda xi: [(f, f) for f in factors])
+
+
+#: the face boxes' widenings ``--confine`` keeps each change inside (0: the change as it is)
+CONFINE = (0.0, 1.3, 1.6, 2.0)
+
+
+def confined(kept: Path, paths: list[Path], size: int, scales=CONFINE) -> list[dict]:
+    """What the change outside the face buys: each kept protected face (``kept``/STEM.png) has its
+    change kept only inside the face box (imguard's detector) widened by each scale, feathered
+    (:func:`imguard.budget.face_extent`, what ``extent="face"`` uses; 0 = the whole change),
+    quantized to 8 bits; per scale, its visibility, added texture, and dlib's full-pipeline
+    distance to the clean face after a TAESD round trip, JPEG-75 then TAESD, and TAEF2."""
+    from imguard.budget import face_extent
+
+    det = FaceDetector("cpu")
+
+    def weights(xi):
+        face = det.detect(xi)[0]
+        return [(s, 1.0 if s == 0 else face_extent([face], tuple(xi.shape[-2:]), s)) for s in scales]
+    return _reweighted(kept, paths, size, weights)
+
+
+def _reweighted(kept: Path, paths: list[Path], size: int, weights) -> list[dict]:
+    """The rows of :func:`amplified` and :func:`confined`: each kept protected face's change
+    times each weight ``weights(clean face)`` gives as (label, weight: a number or a map), clipped
+    and quantized to 8 bits, measured and judged by dlib under :func:`conditions`."""
     from imguard.models import load_autoencoder
 
     dl = DlibPipeline()
@@ -231,45 +258,10 @@ def amplified(kept: Path, paths: list[Path], size: int, factors=AMPLIFY) -> list
         ref = dl.descriptors(xi)[0]
         if ref is None:
             continue  # dlib finds no face in the clean photo: nothing to judge
-        for f in factors:
-            xa = ((xi + f * (xp - xi)).clamp(0, 1) * 255).round() / 255
-            dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conditions(aes, xa).items()}
-            rows.append({"face": stem, "factor": f, **measure(xi, xa)[0].as_dict(),
-                         "texture": float(added_texture(xi, xa)[0]), "dlib_distance": dist})
-    return rows
-
-
-#: the face boxes' widenings ``--confine`` keeps each change inside (0: the change as it is)
-CONFINE = (0.0, 1.3, 1.6, 2.0)
-
-
-def confined(kept: Path, paths: list[Path], size: int, scales=CONFINE) -> list[dict]:
-    """What the change outside the face buys: each kept protected face (``kept``/STEM.png) has its
-    change kept only inside the face box (imguard's detector) widened by each scale, feathered
-    (:func:`imguard.budget.face_extent`, what ``extent="face"`` uses; 0 = the whole change),
-    quantized to 8 bits; per scale, its visibility, added texture, and dlib's full-pipeline
-    distance to the clean face after a TAESD round trip, JPEG-75 then TAESD, and TAEF2."""
-    from imguard.budget import face_extent
-    from imguard.models import load_autoencoder
-
-    dl, det = DlibPipeline(), FaceDetector("cpu")
-    aes = {a: load_autoencoder(a, "cpu") for a in ("taesd", "taef2")}
-    stems, x = load_faces(paths, size, None)
-    rows = []
-    for i, stem in enumerate(stems):
-        png = kept / f"{stem}.png"
-        if not png.exists():
-            continue
-        xi, xp = x[i : i + 1], to_tensor(read_image(png))[0]
-        ref = dl.descriptors(xi)[0]
-        if ref is None:
-            continue
-        face = det.detect(xi)[0]
-        for s in scales:
-            w = torch.ones(1, 1, *xi.shape[-2:]) if s == 0 else face_extent([face], tuple(xi.shape[-2:]), s)
+        for label, w in weights(xi):
             xa = ((xi + w * (xp - xi)).clamp(0, 1) * 255).round() / 255
             dist = {c: DlibPipeline.distance(ref, dl.descriptors(img)[0]) for c, img in conditions(aes, xa).items()}
-            rows.append({"face": stem, "factor": s, **measure(xi, xa)[0].as_dict(),
+            rows.append({"face": stem, "factor": label, **measure(xi, xa)[0].as_dict(),
                          "texture": float(added_texture(xi, xa)[0]), "dlib_distance": dist})
     return rows
 
