@@ -103,6 +103,7 @@ class EngineSettings:
     diversity: float
     lowres: int
     color: str  #: "rgb" or "luma" (a grey change)
+    soft_sign: float  #: 0: whole sign steps; k > 0: weak-gradient pixels take a share of a step
     stop_margin: float | None  #: early stop once fooled by this margin (None = off)
     stop_every: int
 
@@ -115,7 +116,7 @@ class EngineSettings:
             grad_repeats=int(self.grad_repeats), restarts=int(self.restarts),
             eot=get_eot(self.eot) if self.eot else (), momentum=float(self.momentum),
             ti_kernel=int(self.ti_kernel), diversity=float(self.diversity), lowres=int(self.lowres),
-            color=str(self.color),
+            color=str(self.color), soft_sign=float(self.soft_sign),
         )
         cfg.validate()
         return cfg

@@ -56,6 +56,9 @@ class EngineConfig:
     diversity: float = 0.0  #: input diversity: largest relative shrink per step (0 = off)
     lowres: int = 1  #: optimise delta on a grid this many times coarser (1 = full resolution)
     color: str = "rgb"  #: "luma": one change per pixel, the same in R, G and B (no colour change)
+    #: 0: every pixel takes a whole (sign) step; k > 0: a pixel whose gradient is under k times the
+    #: mean |gradient| takes that share of a step (the step's direction is clip(g / (k mean|g|), -1, 1))
+    soft_sign: float = 0.0
 
     def validate(self) -> None:
         if int(self.steps) < 1:
@@ -78,10 +81,12 @@ class EngineConfig:
             raise ValueError(f"lowres must be >= 1 (1 = full resolution), got {self.lowres!r}")
         if self.color not in COLORS:
             raise ValueError(f"unknown color {self.color!r}; valid: {', '.join(COLORS)}")
+        if not (float(self.soft_sign) >= 0 and math.isfinite(float(self.soft_sign))):
+            raise ValueError(f"soft_sign must be 0 (a whole step for every pixel) or a number > 0, got {self.soft_sign!r}")
         uses_sign_only = (float(self.momentum) > 0 or int(self.ti_kernel) > 0 or int(self.lowres) > 1
-                          or self.color != "rgb")
+                          or self.color != "rgb" or float(self.soft_sign) > 0)
         if self.optimizer != "sign" and uses_sign_only:
-            raise ValueError("momentum, ti_kernel, lowres and color='luma' work with optimizer='sign'")
+            raise ValueError("momentum, ti_kernel, lowres, color='luma' and soft_sign work with optimizer='sign'")
         if int(self.lowres) > 1 and self.color != "rgb":
             raise ValueError("lowres and color='luma' cannot be combined; choose one")
 

@@ -15,7 +15,7 @@ import torch
 #: Option names that configure the engine rather than the method's objective.
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
-    "momentum", "ti_kernel", "diversity", "lowres", "color", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
+    "momentum", "ti_kernel", "diversity", "lowres", "color", "soft_sign", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
     "fill_max", "extent", "extent_scale",
 )
 
@@ -61,6 +61,9 @@ class Options:
     # "luma": the change is grey (R, G and B by the same amount): nothing spent on colour, which
     # JPEG subsamples and quantises coarsely (see imguard.engine)
     color: str = "rgb"
+    # 0: a sign step moves every pixel a whole step; k > 0: a pixel whose gradient is under k
+    # times the mean |gradient| takes that share of a step (imguard.engine.updates.soft_sign)
+    soft_sign: float = 0.0
     # early stop (methods with a ``fooled`` test): a sample stops once every attacked model is
     # fooled by this margin below its threshold, checked every ``stop_every`` steps (None = off)
     stop_margin: float | None = None
