@@ -405,3 +405,44 @@ def test_of_result_reports_the_gates_measure_when_given(monkeypatch):
     assert (kept.psnr, kept.ssim, kept.flat) == (41.0, 0.99, 0.2)
     measured = vis.of_result(x, out, x_work, out_work)[0]  # no gate: measured at the working size over the cap
     assert measured.psnr == pytest.approx(measure(x_work, out_work)[0].psnr)
+
+
+def test_texture_scale_widens_the_map_on_texture_and_leaves_smooth_areas_alone():
+    from imguard.budget import perceptual_budget, texture_weight
+
+    x = half_flat_half_textured(64, seed=1)
+    t = texture_weight(x)[0, 0]
+    assert float(t[8:-8, 4:24].max()) == 0.0  # the flat half is smooth
+    assert float(t[8:-8, 40:60].mean()) > 0.9  # the random texture is well above 20/255
+    plain = Budget.perceptual(x, 8, psnr_floor=20)
+    wide = Budget.perceptual(x, 8, psnr_floor=20, texture_scale=2)
+    r0, r2 = plain.radius_map[0, 0] * 255, wide.radius_map[0, 0] * 255
+    assert torch.equal(r2[8:-8, 4:24], r0[8:-8, 4:24])  # smooth: unchanged, to the bit
+    tex = (slice(8, -8), slice(40, 60))
+    expect = torch.minimum(r0[tex] * (1 + t[tex]), torch.tensor(8.0))
+    assert torch.allclose(r2[tex], expect, atol=1e-4)
+    assert float(r2[tex].mean()) > 1.3 * float(r0[tex].mean())
+    assert float(r2.max()) <= 8.0 + 1e-5  # never above eps
+    # the PSNR floor still bounds the whole map's energy, and bands join without seams
+    floored = Budget.perceptual(x, 8, texture_scale=3)
+    assert float((floored.radius_map * 255).pow(2).mean().sqrt()) <= 255 * 10 ** (-37 / 20) + 1e-4
+    tall = x.repeat(1, 1, 3, 1)
+    assert torch.allclose(perceptual_budget(tall, 8, band_rows=40, texture_scale=2).radius_map,
+                          Budget.perceptual(tall, 8, texture_scale=2).radius_map, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.5, 5, float("nan")])
+def test_texture_scale_out_of_range_is_refused_with_its_meaning(bad):
+    from imguard.request import resolve
+
+    with pytest.raises(ValueError, match="texture_scale must be a factor between 1 and 4"):
+        Budget.perceptual(half_flat_half_textured(), 8, texture_scale=bad)
+    with pytest.raises(ValueError, match="texture_scale"):
+        resolve(strength="high", texture_scale=bad)
+    assert resolve(strength="high", texture_scale=2).budget.texture_scale == 2.0
+
+
+def test_texture_scale_reaches_the_result(tiny_protector, image64):
+    res = tiny_protector.protect(image64, steps=3, seed=0, budget="jnd", eps=8, texture_scale=2, return_result=True)
+    assert res.options["texture_scale"] == 2
+    assert Budget.perceptual(image64, 8, texture_scale=2).holds(res.image - image64, tol=1e-3)

@@ -82,19 +82,23 @@ class Budget:
     # -- the perceptual budget -----------------------------------------------------------
     @classmethod
     def perceptual(cls, x: torch.Tensor, eps: float, scale: float = 1.0, floor: float = 0.5,
-                   psnr_floor: float | None = None) -> "Budget":
+                   psnr_floor: float | None = None, texture_scale: float = 1.0) -> "Budget":
         """The perceptual budget of images ``x`` ([B,3,H,W] in [0,1], native size): each pixel
         may change by ``scale * min(jnd_map(x), contrast_masking_map(x))`` /255, at most ``eps``
-        and at least ``floor`` (never above ``eps``); then, per image, the whole map is scaled
-        down where needed so that no change inside it can bring the PSNR below ``psnr_floor``
-        (default :data:`PSNR_FLOOR`; dark photos, where the eye forgives most, would otherwise
-        allow the most)."""
+        and at least ``floor`` (never above ``eps``), and ``texture_scale`` times that where the
+        photo is textured (:func:`texture_weight`; smooth areas keep their radius); then, per
+        image, the whole map is scaled down where needed so that no change inside it can bring
+        the PSNR below ``psnr_floor`` (default :data:`PSNR_FLOOR`; dark photos, where the eye
+        forgives most, would otherwise allow the most)."""
         eps = cls(eps).eps  # validated
         if not (scale > 0 and math.isfinite(scale)):
             raise ValueError(f"jnd_scale must be a number > 0, got {scale!r}")
+        check_texture_scale(texture_scale)
         x = x.detach()
         r = torch.minimum(jnd_map(x), contrast_masking_map(x)) * float(scale)
         r = r.clamp(min=min(float(floor), eps), max=eps) / 255.0
+        if float(texture_scale) != 1.0:
+            r = (r * (1 + (float(texture_scale) - 1) * texture_weight(x))).clamp(max=eps / 255.0)
         return cls(eps, "linf", radius_map=with_psnr_floor(r, psnr_floor), flat_weight=flat_weight(x))
 
     @property
@@ -382,6 +386,36 @@ def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
     return (m2 - mu * mu).clamp_min(0).sqrt()
 
 
+#: :func:`texture_weight` rises from 0 at this 7x7 luminance std (/255; where
+#: :func:`imguard.visibility.added_texture` stops looking: smooth skin and backgrounds are below it)
+TEXTURE_FROM = 10.0
+#: ... to 1 at this one (hair, eyelashes, brows, fabric, edges)
+TEXTURE_FULL = 20.0
+#: the largest ``texture_scale`` accepted
+MAX_TEXTURE_SCALE = 4.0
+
+
+def check_texture_scale(texture_scale: float) -> float:
+    t = float(texture_scale)
+    if not (math.isfinite(t) and 1.0 <= t <= MAX_TEXTURE_SCALE):
+        raise ValueError(f"texture_scale must be a factor between 1 and {MAX_TEXTURE_SCALE:g} (how much wider the perceptual "
+                         f"map is where the photo is textured; 1 = as the JND model says), got {texture_scale!r}")
+    return t
+
+
+def texture_weight(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W] in [0,1]: 0 where ``x`` is smooth (7x7 luminance std <= :data:`TEXTURE_FROM`/255),
+    rising linearly to 1 at :data:`TEXTURE_FULL`/255: where ``texture_scale`` widens the
+    perceptual map. Texture masks a change (Legge & Foley, "Contrast masking in human vision",
+    JOSA 70(12), 1980: the threshold rises with the masker's contrast); the JND model's
+    spatial-masking term grows with the local gradient only slowly. On ``high``, twice the map
+    here (smooth areas unchanged) raised dlib's distance after TAESD on the two dev portraits from
+    0.645 / 0.670 to 0.695 / 0.697 with the texture added to smooth areas unchanged
+    (docs/benchmarks.md, "Where texture hides it")."""
+    sd = local_std(luminance(x.float())) * 255.0
+    return ((sd - TEXTURE_FROM) / (TEXTURE_FULL - TEXTURE_FROM)).clamp(0, 1)
+
+
 #: where :func:`flat_weight` has faded to 0 (7x7 luminance std, /255)
 FLAT_FADE_END = 2 * FLAT_STD
 
@@ -567,7 +601,7 @@ JND_HALO = 8
 
 
 def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows: int | None = None,
-                      psnr_floor: float | None = None) -> Budget:
+                      psnr_floor: float | None = None, texture_scale: float = 1.0) -> Budget:
     """:meth:`Budget.perceptual` of a native-size image, computed in bands of rows (with a halo)
     so a big photo never needs more than a band's worth of temporaries (bands of 256 rows keep
     them in cache: a 12-megapixel map costs about half of what 1024-row bands did on a 2-core
@@ -575,13 +609,13 @@ def perceptual_budget(x: torch.Tensor, eps: float, scale: float = 1.0, band_rows
     rows = band_rows or JND_BAND_ROWS
     H = x.shape[-2]
     if H <= rows:
-        return Budget.perceptual(x, eps, scale, psnr_floor=psnr_floor)
+        return Budget.perceptual(x, eps, scale, psnr_floor=psnr_floor, texture_scale=texture_scale)
     halo = JND_HALO
     maps, weights = [], []
     for r0 in range(0, H, rows):
         r1 = min(H, r0 + rows)
         a, b = max(0, r0 - halo), min(H, r1 + halo)
-        band = Budget.perceptual(x[..., a:b, :].float().contiguous(), eps, scale, psnr_floor=float("-inf"))
+        band = Budget.perceptual(x[..., a:b, :].float().contiguous(), eps, scale, psnr_floor=float("-inf"), texture_scale=texture_scale)
         maps.append(band.radius_map[..., r0 - a : r0 - a + (r1 - r0), :])
         weights.append(band.flat_weight[..., r0 - a : r0 - a + (r1 - r0), :])
     return Budget(eps, "linf", radius_map=with_psnr_floor(torch.cat(maps, -2), psnr_floor), flat_weight=torch.cat(weights, -2))

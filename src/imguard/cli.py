@@ -51,7 +51,7 @@ def _settings(args: argparse.Namespace) -> tuple[dict, dict]:
         working_size = None if args.working_size == 0 else args.working_size
         _check_working_size(working_size)
         options: dict = {}
-        for key in ("step_size", "norm", "budget", "jnd_scale", "psnr_floor", "fill_max", "extent", "extent_scale"):
+        for key in ("step_size", "norm", "budget", "jnd_scale", "psnr_floor", "fill_max", "extent", "extent_scale", "texture_scale"):
             if getattr(args, key) is not None:
                 options[key] = getattr(args, key)
         if args.gate is not None:
@@ -597,6 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "patterns at the presets' eps; a method named alone uses it)")
     p.add_argument("--jnd-scale", type=float, default=None, help="with --budget jnd: multiply the perceptual map (default 1; above 1.2 the change starts to show)")
     p.add_argument("--psnr-floor", type=float, default=None, help="with --budget jnd: the PSNR (dB) no change inside the map can go below (default 37)")
+    p.add_argument("--texture-scale", type=float, default=None,
+                   help="with --budget jnd: the perceptual map this many times wider where the photo is textured (hair, brows, "
+                        "edges; smooth skin and backgrounds keep theirs; default: the preset's, 1 = the JND model's)")
     p.add_argument("--gate", choices=["off", "on", "fill"], default=None,
                    help="the visibility gate (flat <= 1.0/255, PSNR >= 36 dB, SSIM >= 0.95): on = a result that fails it is scaled "
                         "down until it passes (the presets'); fill = also amplify a result well inside it up to it (an explicit choice; zoomed in, it can show on smooth skin); off")

@@ -139,7 +139,9 @@ def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detecto
     if first.options.get("budget") == "jnd":  # the photo's own perceptual map
         from .budget import perceptual_budget
 
-        budget = perceptual_budget(x, first.eps, float(first.options["jnd_scale"]))
+        o = first.options
+        budget = perceptual_budget(x, first.eps, float(o["jnd_scale"]), psnr_floor=o.get("psnr_floor"),
+                                   texture_scale=float(o.get("texture_scale", 1.0)))
     out = compose(x, whole.image if whole is not None else x, [(r, res.image) for r, res in face_results], budget)
     achieved = budget.measure(out - x)
     if not bool((achieved <= budget.eps + 1e-3).all()):

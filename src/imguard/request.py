@@ -24,6 +24,20 @@ __all__ = ["DEFAULT_METHOD", "BudgetChoice", "EngineSettings", "ProtectionReques
 DEFAULT_METHOD = "facelock"
 
 
+def _check_where(extent: str, extent_scale: float, norm: str, texture_scale: float) -> None:
+    """Validate the options of where the change may go and how wide the map is there."""
+    from .budget import EXTENTS, check_texture_scale
+
+    if extent not in EXTENTS:
+        raise ValueError(f"unknown extent {extent!r}; valid: {', '.join(EXTENTS)} ('image': the change may go "
+                         "anywhere; 'face': only in and around each face)")
+    if not (math.isfinite(float(extent_scale)) and 1.0 <= float(extent_scale) <= 4.0):
+        raise ValueError(f"extent_scale must be a factor between 1 and 4 (the face box widened that much), got {extent_scale!r}")
+    check_texture_scale(texture_scale)
+    if extent != "image" and norm != "linf":
+        raise ValueError("extent='face' bounds a per-pixel cap: use it with norm='linf'")
+
+
 @dataclass(frozen=True)
 class BudgetChoice:
     """The budget as data: ``eps`` in /255 units, its norm, and its kind (the ``budget=``
@@ -34,7 +48,9 @@ class BudgetChoice:
     energy. ``fill_max`` (None: :data:`~imguard.visibility.FILL_MAX`): with ``gate="fill"``, the
     most the change is amplified. ``extent``: where the change may go, ``"image"`` or ``"face"``
     (each face box widened ``extent_scale`` times, feathered: :func:`~imguard.budget.face_extent`,
-    applied once the method has found the faces). See :class:`~imguard.budget.Budget`."""
+    applied once the method has found the faces). ``texture_scale``: the perceptual map that many
+    times wider where the photo is textured (:func:`~imguard.budget.texture_weight`). See
+    :class:`~imguard.budget.Budget`."""
 
     eps: float
     norm: str = "linf"
@@ -45,6 +61,7 @@ class BudgetChoice:
     fill_max: float | None = None
     extent: str = "image"
     extent_scale: float = 1.6
+    texture_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not (isinstance(self.gate, bool) or self.gate == "fill"):
@@ -55,15 +72,7 @@ class BudgetChoice:
         if self.fill_max is not None and not (math.isfinite(float(self.fill_max)) and 1.0 <= float(self.fill_max) <= 4.0):
             raise ValueError(f"fill_max must be a factor between 1 and 4 (how far gate='fill' may amplify the change, e.g. 1.25), "
                              f"got {self.fill_max!r}")
-        from .budget import EXTENTS
-
-        if self.extent not in EXTENTS:
-            raise ValueError(f"unknown extent {self.extent!r}; valid: {', '.join(EXTENTS)} ('image': the change may go "
-                             "anywhere; 'face': only in and around each face)")
-        if not (math.isfinite(float(self.extent_scale)) and 1.0 <= float(self.extent_scale) <= 4.0):
-            raise ValueError(f"extent_scale must be a factor between 1 and 4 (the face box widened that much), got {self.extent_scale!r}")
-        if self.extent != "image" and self.norm != "linf":
-            raise ValueError("extent='face' bounds a per-pixel cap: use it with norm='linf'")
+        _check_where(self.extent, self.extent_scale, self.norm, self.texture_scale)
 
     def build(self, x=None) -> Budget:
         """The budget; for ``kind="jnd"`` and a native-size image ``x``, with its perceptual map."""
@@ -75,14 +84,15 @@ class BudgetChoice:
         if self.kind == "jnd" and self.norm != "linf":
             raise ValueError("budget='jnd' is a per-pixel cap; use it with norm='linf' (or budget='linf' with norm='l2')")
         if self.kind == "jnd" and x is not None:
-            return perceptual_budget(x, self.eps, float(self.jnd_scale), psnr_floor=self.psnr_floor)
+            return perceptual_budget(x, self.eps, float(self.jnd_scale), psnr_floor=self.psnr_floor,
+                                     texture_scale=float(self.texture_scale))
         return Budget(self.eps, self.norm)
 
     def options(self) -> dict:
         """As method options (``kind`` is the ``budget=`` option)."""
         return {"eps": self.eps, "norm": self.norm, "budget": self.kind, "jnd_scale": self.jnd_scale,
                 "psnr_floor": self.psnr_floor, "gate": self.gate, "fill_max": self.fill_max,
-                "extent": self.extent, "extent_scale": self.extent_scale}
+                "extent": self.extent, "extent_scale": self.extent_scale, "texture_scale": self.texture_scale}
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ def resolve(
     gate = opts["gate"] if isinstance(opts["gate"], str) else bool(opts["gate"])
     budget = BudgetChoice(opts["eps"], opts["norm"], opts["budget"], float(opts["jnd_scale"]), gate, opts["psnr_floor"],
                          None if opts["fill_max"] is None else float(opts["fill_max"]), str(opts["extent"]),
-                         float(opts["extent_scale"]))
+                         float(opts["extent_scale"]), float(opts["texture_scale"]))
     if budget.extent == "face" and "face" not in m.needs:
         raise ValueError(f"extent='face' keeps the change around the faces a face method finds; {m.name!r} finds none "
                          "(use a face method, e.g. facelock, or give a mask=)")

@@ -16,7 +16,7 @@ import torch
 ENGINE_OPTIONS = (
     "eps", "norm", "steps", "step_size", "schedule", "optimizer", "random_start", "grad_repeats", "restarts", "eot",
     "momentum", "ti_kernel", "diversity", "lowres", "color", "soft_sign", "stop_margin", "stop_every", "budget", "jnd_scale", "psnr_floor", "gate",
-    "fill_max", "extent", "extent_scale",
+    "fill_max", "extent", "extent_scale", "texture_scale",
 )
 
 
@@ -47,6 +47,9 @@ class Options:
     # extent_scale times, feathered; the budget's map weighted by it, imguard.budget.face_extent)
     extent: str = "image"
     extent_scale: float = 1.6
+    # budget="jnd": the map this many times wider where the photo is textured (7x7 luminance std
+    # rising from 10/255 to 20/255; smooth areas keep theirs: imguard.budget.texture_weight)
+    texture_scale: float = 1.0
     schedule: str = "constant"
     optimizer: str = "sign"
     random_start: bool = True
