@@ -97,9 +97,10 @@ class Budget:
         x = x.detach()
         r = torch.minimum(jnd_map(x), contrast_masking_map(x)) * float(scale)
         r = r.clamp(min=min(float(floor), eps), max=eps) / 255.0
+        sd = luminance_std_255(x)  # one 7x7 std for both weights
         if float(texture_scale) != 1.0:
-            r = (r * (1 + (float(texture_scale) - 1) * texture_weight(x))).clamp(max=eps / 255.0)
-        return cls(eps, "linf", radius_map=with_psnr_floor(r, psnr_floor), flat_weight=flat_weight(x))
+            r = (r * (1 + (float(texture_scale) - 1) * _texture_from_std(sd))).clamp(max=eps / 255.0)
+        return cls(eps, "linf", radius_map=with_psnr_floor(r, psnr_floor), flat_weight=_flat_from_std(sd))
 
     @property
     def perceptual_map(self) -> bool:
@@ -412,7 +413,16 @@ def texture_weight(x: torch.Tensor) -> torch.Tensor:
     here (smooth areas unchanged) raised dlib's distance after TAESD on the two dev portraits from
     0.645 / 0.670 to 0.695 / 0.697 with the texture added to smooth areas unchanged
     (docs/benchmarks.md, "Where texture hides it")."""
-    sd = local_std(luminance(x.float())) * 255.0
+    return _texture_from_std(luminance_std_255(x))
+
+
+def luminance_std_255(x: torch.Tensor) -> torch.Tensor:
+    """[B,1,H,W]: the 7x7 luminance std of ``x`` ([B,3,H,W] in [0,1]) in /255, what
+    :func:`texture_weight` and :func:`flat_weight` read."""
+    return local_std(luminance(x.float())) * 255.0
+
+
+def _texture_from_std(sd: torch.Tensor) -> torch.Tensor:
     return ((sd - TEXTURE_FROM) / (TEXTURE_FULL - TEXTURE_FROM)).clamp(0, 1)
 
 
@@ -425,7 +435,10 @@ def flat_weight(x: torch.Tensor, upper: float = FLAT_FADE_END) -> torch.Tensor:
     to 0 at ``upper``/255 (default 6/255)."""
     if not upper > FLAT_STD:
         raise ValueError(f"the flat weight must fade out above {FLAT_STD:g}/255 (where it is full), got {upper:g}")
-    sd = local_std(luminance(x.float())) * 255.0
+    return _flat_from_std(luminance_std_255(x), upper)
+
+
+def _flat_from_std(sd: torch.Tensor, upper: float = FLAT_FADE_END) -> torch.Tensor:
     span = upper - FLAT_STD
     return (upper / span - sd / span).clamp(0, 1)  # at the default, exactly 2 - sd/3 (the map every preset was measured with)
 
