@@ -11,7 +11,8 @@ predictor and ResNet, never attacked) compares the protected image, after a TAES
 distance >= 0.6 or no face found (a face dlib does not find in the clean image is not judged). Visibility: PSNR,
 SSIM and the flat-region change of :mod:`imguard.visibility`, and the invisibility gate.
 Other strengths (low, medium, high) may be named in ``--configs`` too (slow on a CPU), and
-``none``: the clean image, whose row says what the round trips alone cost dlib.
+``none``: the clean image, whose row says what the round trips alone cost dlib. ``NAME@key=value``
+overrides an option (numbers), e.g. ``fast@texture_scale=2@psnr_floor=36+refine10``.
 ``--megapixels 12`` also times the first photo enlarged (bicubic) to that many megapixels (the
 issue's "12-megapixel photo with one face"; its visibility is measured, its effect is the
 photo's); ``--repeat N`` times each photo N times in the fast mode (without refine) and reports
@@ -46,9 +47,18 @@ from imguard.visibility import measure  # noqa: E402
 
 
 def parse(text: str) -> tuple[str, dict]:
-    """'fast' -> ('fast', {}); 'fast+refine10' -> ('fast', {'refine': 10}); 'high' -> ('high', {})."""
-    name, _, extra = text.partition("+")
-    opts = {"refine": int(extra[len("refine"):])} if extra.startswith("refine") else {}
+    """'fast' -> ('fast', {}); 'fast+refine10' -> ('fast', {'refine': 10}); 'high' -> ('high', {});
+    'fast@texture_scale=2@psnr_floor=36+refine10' -> ('fast', {'texture_scale': 2.0, 'psnr_floor': 36.0, 'refine': 10})."""
+    head, _, extra = text.partition("+")
+    name, *pairs = head.split("@")
+    opts: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--configs: {pair!r} in {text!r} is not KEY=VALUE")
+        opts[key] = float(value)
+    if extra.startswith("refine"):
+        opts["refine"] = int(extra[len("refine"):])
     return name, opts
 
 

@@ -228,3 +228,24 @@ def test_cli_fast_weights_needs_fast(tmp_path, capsys):
     Image.new("RGB", (32, 32)).save(img)
     rc = main(["protect", str(img), "-o", str(tmp_path / "out"), "--strength", "low", "--fast-weights", "w.safetensors"])
     assert rc == 2 and "--strength fast" in capsys.readouterr().err
+
+
+@requires_assets
+def test_fast_takes_the_maps_texture_scale_and_psnr_floor(dev_face, fast_protector):
+    from imguard.budget import Budget
+    from imguard.io import to_tensor
+
+    img = Image.open(dev_face).convert("RGB").resize((160, 160))
+    plain = fast_protector.protect(img, return_result=True)
+    wide = fast_protector.protect(img, texture_scale=2, psnr_floor=36, return_result=True)
+    x, _ = to_tensor(img)
+    d = to_tensor(wide.image)[0] - x
+    jnd = load_weights().jnd_scale
+    assert Budget.perceptual(x, 8, jnd, psnr_floor=36, texture_scale=2).holds(d, tol=1.01)
+    assert not Budget.perceptual(x, 8, jnd).holds(d, tol=1.01)  # it used the room texture gives
+    assert wide.options["texture_scale"] == 2 and wide.options["psnr_floor"] == 36
+    assert plain.options["texture_scale"] == 1 and wide.visibility[0].invisible
+    with pytest.raises(ValueError, match="texture_scale"):
+        fast_protector.protect(img, texture_scale=9)
+    with pytest.raises(TypeError, match="texture_scale, psnr_floor"):
+        fast_protector.protect(img, momentum=0.5)

@@ -175,9 +175,12 @@ class FastProtect:
         return out  # in [-1,1]: the members and the tile are (load_weights clamps them), and so are their blends
 
     # -- the whole -------------------------------------------------------------------------------
-    def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None, gate: bool = True) -> FastOutput:
+    def protect(self, x: torch.Tensor, eps: float = 8.0, budget: Budget | None = None, gate: bool = True,
+                texture_scale: float = 1.0, psnr_floor: float | None = None) -> FastOutput:
         """Protect one image [1,3,H,W] in [0,1] (native size). ``gate``: the result is measured
-        and, should it fail the visibility gate, scaled down until it passes (as every preset's)."""
+        and, should it fail the visibility gate, scaled down until it passes (as every preset's).
+        ``texture_scale`` and ``psnr_floor``: the perceptual map's (:func:`~imguard.budget.perceptual_budget`;
+        ignored where ``budget`` is given)."""
         from ..budget import perceptual_budget
 
         if x.dim() != 4 or x.shape[0] != 1 or x.shape[1] != 3:
@@ -187,7 +190,8 @@ class FastProtect:
         faces = clock("detect", self.detect, x)
         mats, ks, scores = clock("assign", self.assign, x, faces)
         u = clock("warp", self.units, x, mats, ks)
-        budget = budget or clock("map", perceptual_budget, x, eps, self.weights.jnd_scale)
+        budget = budget or clock("map", lambda: perceptual_budget(x, eps, self.weights.jnd_scale, psnr_floor=psnr_floor,
+                                                                  texture_scale=texture_scale))
         delta = u.mul_(budget.radius_map.to(u.device))  # u is fresh from units(): scaled in place
         out, achieved = clock("finalize", finalize, x, delta, budget)
         seen: list = []

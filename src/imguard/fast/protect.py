@@ -52,10 +52,13 @@ def protect_fast(
     from ..request import resolve
 
     unknown = sorted(k for k, v in options.items()
-                     if v is not None and k not in ("early_stop", "faces_first", "rest", "mask", "method", "fast_weights"))
+                     if v is not None and k not in ("early_stop", "faces_first", "rest", "mask", "method", "fast_weights",
+                                                    "texture_scale", "psnr_floor"))
     if unknown or options.get("mask") is not None:
-        raise TypeError(f"strength='fast' takes eps, refine, seed, fast_weights (not {', '.join(unknown) or 'mask'}); "
-                        "use strength='low', 'medium' or 'high' for the optimisation's options")
+        raise TypeError(f"strength='fast' takes eps, refine, seed, fast_weights, texture_scale, psnr_floor (not "
+                        f"{', '.join(unknown) or 'mask'}); use strength='low', 'medium' or 'high' for the optimisation's options")
+    # the fast preset's map, with what was given over it (validated as every request's)
+    chosen = resolve(strength="fast", texture_scale=options.get("texture_scale"), psnr_floor=options.get("psnr_floor")).budget
     if steps is not None:
         raise TypeError("strength='fast' does not optimise; pass refine=N (N optimisation steps from the fast start) instead of steps")
     refine = int(refine or 0)
@@ -72,7 +75,7 @@ def protect_fast(
     with protector._lock:
         for b in range(x_all.shape[0]):
             x = x_all[b : b + 1].to(protector.device)
-            res = fp.protect(x, eps=eps)
+            res = fp.protect(x, eps=eps, texture_scale=chosen.texture_scale, psnr_floor=chosen.psnr_floor)
             if refine:
                 bar = None
                 cb = callback
@@ -111,7 +114,7 @@ def protect_fast(
         steps=refine, seed=seed, working_size=tuple(size), models=models.describe(),
         loss_history=hist if hist is not None else torch.zeros(0, len(results)),
         initial_loss=[r.initial_loss for r in results], final_loss=[r.final_loss for r in results],
-        seconds=time.perf_counter() - t0, options={"budget": "jnd", "refine": refine, "weights": fp.weights.meta,
+        seconds=time.perf_counter() - t0, options={"budget": "jnd", "refine": refine, "texture_scale": chosen.texture_scale, "psnr_floor": chosen.psnr_floor, "weights": fp.weights.meta,
                                                         "timings": [r.timings for r in results]},
         strength="fast", faces=[f for r in results for f in r.faces] or None, check=checks, visibility=seen,
         steps_run=[r.refine_steps for r in results], maximize=True,
