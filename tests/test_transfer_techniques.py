@@ -143,3 +143,14 @@ def test_soft_sign_is_an_option_of_every_method_and_reaches_the_engine(method):
         return
     assert resolve(method=method, soft_sign=1.5).engine.config().soft_sign == 1.5
     assert resolve(method=method).engine.config().soft_sign == 0.0
+
+
+def test_soft_sign_with_an_l2_budget_is_refused_not_ignored():
+    from imguard.request import resolve
+
+    with pytest.raises(ValueError, match="soft_sign.*l2"):
+        resolve(method="encoder", norm="l2", budget="linf", eps=8, soft_sign=1.0)
+    assert resolve(method="encoder", norm="l2", budget="linf", eps=8).engine.config().soft_sign == 0.0
+    c = engine.EngineConfig(steps=1, step_size=2.0, random_start=False, soft_sign=1.0)
+    with pytest.raises(ValueError, match="soft_sign.*l2"):  # the engine itself, called without resolve()
+        engine.run(torch.full((1, 3, 32, 32), 0.5), _noise_objective(), Budget(8.0, "l2"), c, seed=0)

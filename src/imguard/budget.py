@@ -344,6 +344,9 @@ def with_psnr_floor(radius: torch.Tensor, psnr_floor: float | None = None) -> to
 #: Below this 7x7 local luminance standard deviation (in /255) a pixel counts as flat (the
 #: perceptual budget's flat weight and the flat-region measure of imguard.visibility alike)
 FLAT_STD = 3.0
+#: Below this one a pixel counts as smooth: :func:`imguard.visibility.added_texture` looks there,
+#: and :func:`texture_weight` starts above it (smooth skin and backgrounds are below it)
+SMOOTH_STD = 10.0
 
 
 def luminance(x: torch.Tensor) -> torch.Tensor:
@@ -389,7 +392,7 @@ def local_std(y: torch.Tensor, size: int = 7) -> torch.Tensor:
 
 #: :func:`texture_weight` rises from 0 at this 7x7 luminance std (/255; where
 #: :func:`imguard.visibility.added_texture` stops looking: smooth skin and backgrounds are below it)
-TEXTURE_FROM = 10.0
+TEXTURE_FROM = SMOOTH_STD
 #: ... to 1 at this one (hair, eyelashes, brows, fabric, edges)
 TEXTURE_FULL = 20.0
 #: the largest ``texture_scale`` accepted

@@ -197,6 +197,9 @@ def resolve(
     budget.build()  # validates eps and norm
     engine = EngineSettings(**{k: opts[k] for k in _ENGINE_FIELDS})
     engine.config()  # validates the engine settings
+    if float(engine.soft_sign) > 0 and budget.norm != "linf":
+        raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
+                         f"leave soft_sign at 0 with norm={budget.norm!r}")
     return ProtectionRequest(
         method=m.name,
         strength=preset.name if preset else None,

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .budget import FLAT_STD, conv_layout, gaussian_smooth, gaussian_valid, local_std, luminance
+from .budget import FLAT_STD, SMOOTH_STD, conv_layout, gaussian_smooth, gaussian_valid, local_std, luminance
 
 __all__ = ["FLAT_STD", "GATE", "SMOOTH_STD", "Visibility", "added_texture", "flat_mask", "flat_region_change", "visibility", "measure", "ssim_map"]
 
@@ -141,8 +141,6 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return num.div_(den.add_(1e-12))
 
 
-#: :func:`added_texture` looks at pixels whose original is smoother than this (7x7 luminance std, /255)
-SMOOTH_STD = 10.0
 
 
 def added_texture(original: torch.Tensor, protected: torch.Tensor, smooth_std: float = SMOOTH_STD) -> torch.Tensor:

@@ -57,7 +57,10 @@ class SignStep(Update):
     def __init__(self, budget: Budget, sign: float, param: DeltaParam, ti_kernel: int = 0, soft: float = 0.0):
         self.budget, self.sign, self.param = budget, sign, param
         self.kernel = gaussian_kernel(ti_kernel) if ti_kernel else None
-        self.soft = float(soft) if budget.norm == "linf" else 0.0  # an l2 step already follows the gradient's size
+        if float(soft) > 0 and budget.norm != "linf":
+            raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
+                             f"leave soft_sign at 0 with norm={budget.norm!r}")
+        self.soft = float(soft)
 
     def start(self, p: torch.Tensor, x_adv: torch.Tensor) -> None:
         self.p = p
