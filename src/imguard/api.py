@@ -138,7 +138,7 @@ class Protector:
         if faces_first and mask is None and wants_faces_first(x, self.working_size, get_method(req.method).needs, faces_first):
             res = protect_photo(self, x, info, rest, self._models.of(req).detector, dict(
                 method=method, strength=strength, eps=eps, steps=steps, seed=seed, progress=progress, callback=callback,
-                early_stop=early_stop, names=names, **method_options))
+                early_stop=early_stop, names=names, **method_options), req.budget)
             if res is not None:
                 return res if return_result else res.image
         t0 = time.perf_counter()

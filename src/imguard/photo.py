@@ -113,9 +113,11 @@ def wants_faces_first(x: torch.Tensor, working_size: int | None, needs: tuple, f
     return x.shape[0] == 1 and "face" in needs and (big or faces_first is True)
 
 
-def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detector: Any, call: dict):
+def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detector: Any, call: dict, budget_choice: Any):
     """Faces first: each face region protected as a crop by ``protector.protect(**call)``, the
-    rest as a whole (``rest="protect"``) or kept, blended (:func:`compose`). A
+    rest as a whole (``rest="protect"``) or kept, blended (:func:`compose`) under the photo's own
+    budget (``budget_choice``: the request's :class:`~imguard.request.BudgetChoice`, built on the
+    whole photo, so its perceptual map has every option of the crops' maps). A
     :class:`~imguard.result.ProtectionResult`, or None when the photo has no face (or is a
     portrait, whose face region is most of it): then the photo is protected as a whole."""
     import time
@@ -134,14 +136,7 @@ def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detecto
     face_results = [(r, protector.protect(x[..., r.y0 : r.y1, r.x0 : r.x1], return_result=True, faces_first=False, **call))
                     for r in regions]
     whole = protector.protect(x, return_result=True, faces_first=False, **call) if rest == "protect" else None
-    first = face_results[0][1]
-    budget = Budget(first.eps, first.norm)
-    if first.options.get("budget") == "jnd":  # the photo's own perceptual map
-        from .budget import perceptual_budget
-
-        o = first.options
-        budget = perceptual_budget(x, first.eps, float(o["jnd_scale"]), psnr_floor=o.get("psnr_floor"),
-                                   texture_scale=float(o.get("texture_scale", 1.0)))
+    budget = budget_choice.build(x)  # budget="jnd": the photo's own perceptual map
     out = compose(x, whole.image if whole is not None else x, [(r, res.image) for r, res in face_results], budget)
     achieved = budget.measure(out - x)
     if not bool((achieved <= budget.eps + 1e-3).all()):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .budget import Budget
 from .engine import EngineConfig
+from .engine.config import check_soft_sign_norm
 from .methods import ENGINE_OPTIONS, get_method
 from .presets import DEFAULT_STRENGTH, get_preset
 
@@ -197,9 +198,7 @@ def resolve(
     budget.build()  # validates eps and norm
     engine = EngineSettings(**{k: opts[k] for k in _ENGINE_FIELDS})
     engine.config()  # validates the engine settings
-    if float(engine.soft_sign) > 0 and budget.norm != "linf":
-        raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
-                         f"leave soft_sign at 0 with norm={budget.norm!r}")
+    check_soft_sign_norm(engine.soft_sign, budget.norm)
     return ProtectionRequest(
         method=m.name,
         strength=preset.name if preset else None,

@@ -141,8 +141,6 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return num.div_(den.add_(1e-12))
 
 
-
-
 def added_texture(original: torch.Tensor, protected: torch.Tensor, smooth_std: float = SMOOTH_STD) -> torch.Tensor:
     """Per sample [B], in /255: how much texture the change adds where the original is smooth.
 

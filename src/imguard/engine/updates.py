@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from ..budget import Budget
-from .config import EngineConfig
+from .config import EngineConfig, check_soft_sign_norm
 from .techniques import DeltaParam, gaussian_kernel, smooth_gradient
 
 __all__ = ["AdamTanh", "MomentumStep", "SignStep", "Update", "make_update", "soft_sign"]
@@ -57,9 +57,7 @@ class SignStep(Update):
     def __init__(self, budget: Budget, sign: float, param: DeltaParam, ti_kernel: int = 0, soft: float = 0.0):
         self.budget, self.sign, self.param = budget, sign, param
         self.kernel = gaussian_kernel(ti_kernel) if ti_kernel else None
-        if float(soft) > 0 and budget.norm != "linf":
-            raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
-                             f"leave soft_sign at 0 with norm={budget.norm!r}")
+        check_soft_sign_norm(soft, budget.norm)
         self.soft = float(soft)
 
     def start(self, p: torch.Tensor, x_adv: torch.Tensor) -> None:

@@ -64,7 +64,7 @@ def protect_fast(
     refine = int(refine or 0)
     if refine < 0:
         raise ValueError(f"refine must be a whole number >= 0, got {refine}")
-    eps = float(resolve(strength="fast").budget.eps if eps is None else eps)
+    eps = float(chosen.eps if eps is None else eps)
     if not 0 < eps <= 8:
         raise ValueError(f"strength='fast' was trained for eps <= 8 (/255); got eps={eps:g}")
     seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if seed is None else int(seed)
@@ -114,8 +114,9 @@ def protect_fast(
         steps=refine, seed=seed, working_size=tuple(size), models=models.describe(),
         loss_history=hist if hist is not None else torch.zeros(0, len(results)),
         initial_loss=[r.initial_loss for r in results], final_loss=[r.final_loss for r in results],
-        seconds=time.perf_counter() - t0, options={"budget": "jnd", "refine": refine, "texture_scale": chosen.texture_scale, "psnr_floor": chosen.psnr_floor, "weights": fp.weights.meta,
-                                                        "timings": [r.timings for r in results]},
+        seconds=time.perf_counter() - t0,
+        options={"budget": "jnd", "refine": refine, "texture_scale": chosen.texture_scale, "psnr_floor": chosen.psnr_floor,
+                 "weights": fp.weights.meta, "timings": [r.timings for r in results]},
         strength="fast", faces=[f for r in results for f in r.faces] or None, check=checks, visibility=seen,
         steps_run=[r.refine_steps for r in results], maximize=True,
     )
