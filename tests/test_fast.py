@@ -128,7 +128,8 @@ def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
     d = y - x
     assert res.strength == "fast" and max(res.achieved) <= 8 + 1e-3
     assert float(d.abs().max()) > 0  # it changed something
-    assert Budget.perceptual(x, 8, load_weights().jnd_scale).holds(d, tol=1.01)  # inside the perceptual map (8-bit rounding)
+    # inside the presets' perceptual map (8-bit rounding)
+    assert Budget.perceptual(x, 8, load_weights().jnd_scale, psnr_floor=36, texture_scale=2).holds(d, tol=1.01)
     assert res.visibility[0].invisible, res.visibility[0].line()
     assert res.faces and res.faces[0]["member"] in range(load_weights().k)
     steps = res.options["timings"][0]
@@ -160,6 +161,72 @@ def test_fast_refine_runs_and_is_seeded(dev_face, fast_protector, monkeypatch):
     assert np.array_equal(np.asarray(r1.image), np.asarray(r2))
     assert not np.array_equal(np.asarray(r1.image).astype(int), fast)
     assert max(r1.achieved) <= 8 + 1e-3 and r1.visibility[0].invisible
+
+
+def _spy_engine_sizes(monkeypatch):
+    """The size of every image the engine optimises."""
+    from imguard import engine
+
+    sizes, real = [], engine.run
+
+    def spy(x, *a, **k):
+        sizes.append(tuple(x.shape[-2:]))
+        return real(x, *a, **k)
+
+    monkeypatch.setattr(engine, "run", spy)
+    return sizes
+
+
+@requires_assets
+def test_fast_refine_works_at_the_working_size(dev_face, fast_protector, monkeypatch):
+    """refine optimises at the size the editor sees: the image's own up to the protector's working
+    size (made at 256 px and enlarged, the change hid no 288-512 px face), shrunk above it."""
+    from imguard.fast.protect import fast_for
+    from imguard.io import to_tensor
+
+    fp, models = fast_for(fast_protector), fast_protector.models_for("fast")
+    x, _ = to_tensor(Image.open(dev_face).convert("RGB").resize((160, 160)))
+    start = fp.protect(x)
+    sizes = _spy_engine_sizes(monkeypatch)
+    native = fp.refine(x, start, 1, models, size=None)
+    small = fp.refine(x, start, 1, models, size=80)
+    assert sizes == [(160, 160), (80, 80)]
+    for r in (native, small):
+        assert r.achieved <= 8 + 1e-3 and r.visibility.invisible
+        assert not torch.equal(r.image, start.image)
+    sizes.clear()
+    fast_protector.protect(Image.open(dev_face).convert("RGB").resize((320, 320)), refine=1, seed=0)
+    assert sizes == [(320, 320)]  # the protector's working size (512) is over it: the face's own size
+
+
+@requires_assets
+def test_fast_refine_of_a_big_photo_goes_to_its_face(dev_face, fast_protector, monkeypatch):
+    """A photo well over the working size is refined faces first: the region around the face at
+    the working size; outside it the fast start is kept (within the one 8-bit level of the whole
+    change's second projection and rounding)."""
+    from imguard.fast.protect import fast_for
+    from imguard.io import to_tensor
+
+    fp, models = fast_for(fast_protector), fast_protector.models_for("fast")
+    canvas = Image.new("RGB", (640, 480), (118, 124, 131))
+    canvas.paste(Image.open(dev_face).convert("RGB").resize((160, 160)), (400, 60))
+    x, _ = to_tensor(canvas)
+    start = fp.protect(x)
+    assert start.faces, "the detector finds the pasted face"
+    (region,) = fp.refine_regions(x, start, 128)
+    assert region.x0 >= 320 and region.y1 <= 300  # around the face, not the photo
+    assert fp.refine_regions(x, start, 512) == [None]  # not a big photo at 512: refined whole
+    sizes = _spy_engine_sizes(monkeypatch)
+    ticks = []
+    r = fp.refine(x, start, 2, models, size=128, callback=lambda i, n, loss: ticks.append((i, n)))
+    assert len(sizes) == 1 and max(sizes[0]) <= 128 and ticks == [(0, 2), (1, 2)]
+    moved = (r.image.int() - start.image.int()).abs().amax(dim=1)[0]
+    assert int(moved[region.y0 : region.y1, region.x0 : region.x1].max()) > 0
+    outside = torch.ones_like(moved, dtype=torch.bool)
+    outside[region.y0 : region.y1, region.x0 : region.x1] = False
+    assert int(moved[outside].max()) <= 1 and float(moved[outside].float().mean()) < 0.2
+    assert float(moved[region.y0 : region.y1, region.x0 : region.x1].float().mean()) > 3 * float(moved[outside].float().mean())
+    assert r.achieved <= 8 + 1e-3 and r.visibility.invisible
 
 
 def test_fast_refuses_steps_and_large_eps(fast_protector):
@@ -236,15 +303,17 @@ def test_fast_takes_the_maps_texture_scale_and_psnr_floor(dev_face, fast_protect
     from imguard.io import to_tensor
 
     img = Image.open(dev_face).convert("RGB").resize((160, 160))
-    plain = fast_protector.protect(img, return_result=True)
-    wide = fast_protector.protect(img, texture_scale=2, psnr_floor=36, return_result=True)
+    wide = fast_protector.protect(img, return_result=True)  # the invisible presets' map: texture 2, floor 36
+    plain = fast_protector.protect(img, texture_scale=1, psnr_floor=37, return_result=True)
     x, _ = to_tensor(img)
-    d = to_tensor(wide.image)[0] - x
     jnd = load_weights().jnd_scale
+    d = to_tensor(wide.image)[0] - x
     assert Budget.perceptual(x, 8, jnd, psnr_floor=36, texture_scale=2).holds(d, tol=1.01)
     assert not Budget.perceptual(x, 8, jnd).holds(d, tol=1.01)  # it used the room texture gives
+    assert Budget.perceptual(x, 8, jnd).holds(to_tensor(plain.image)[0] - x, tol=1.01)  # and the plain map holds it
     assert wide.options["texture_scale"] == 2 and wide.options["psnr_floor"] == 36
-    assert plain.options["texture_scale"] == 1 and wide.visibility[0].invisible
+    assert plain.options["texture_scale"] == 1 and plain.options["psnr_floor"] == 37
+    assert wide.visibility[0].invisible and plain.visibility[0].invisible
     with pytest.raises(ValueError, match="texture_scale"):
         fast_protector.protect(img, texture_scale=9)
     with pytest.raises(TypeError, match="texture_scale, psnr_floor"):

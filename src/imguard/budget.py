@@ -138,10 +138,14 @@ class Budget:
 
     def rows(self, r0: int, r1: int) -> "Budget":
         """This budget for rows ``r0:r1`` of its image (for work done in bands)."""
+        return self.region(r0, r1, None, None)
+
+    def region(self, y0: int | None, y1: int | None, x0: int | None, x1: int | None) -> "Budget":
+        """This budget for the part ``[y0:y1, x0:x1]`` of its image (a face region)."""
         if self.radius_map is None:
             return self
-        return replace(self, radius_map=self.radius_map[..., r0:r1, :],
-                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., r0:r1, :])
+        return replace(self, radius_map=self.radius_map[..., y0:y1, x0:x1],
+                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., y0:y1, x0:x1])
 
     def sample(self, i: int) -> "Budget":
         """This budget for image ``i`` of its batch alone."""

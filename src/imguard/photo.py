@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .budget import Budget, quantize
 
-__all__ = ["FaceRegion", "face_regions", "feather_mask", "compose", "protect_photo", "wants_faces_first"]
+__all__ = ["FaceRegion", "face_regions", "regions_around", "feather_mask", "compose", "protect_photo", "wants_faces_first"]
 
 #: face box widened this much around its centre: the region protected as a portrait crop
 REGION_SCALE = 2.2
@@ -54,13 +54,22 @@ def face_regions(x: torch.Tensor, detector: Any, region_scale: float = REGION_SC
         return []
     small = F.interpolate(x, scale_factor=s, mode="bilinear", antialias=True, align_corners=False) if s < 1 else x
     faces = detector.detect_all(small, min_score=min_score)[0]
+    return regions_around([tuple(float(v) / s for v in f.box) for f in faces[:max_faces]], (H, W),
+                          scores=[float(f.score) for f in faces[:max_faces]], region_scale=region_scale)
+
+
+def regions_around(boxes: Any, shape: tuple[int, int], scores: Any = None, region_scale: float = REGION_SCALE) -> list[FaceRegion]:
+    """The square region around each face box (x0, y0, x1, y1 in native pixels, largest face
+    first) of a photo of ``shape`` (H, W): the box widened ``region_scale`` times about its
+    centre, clipped to the photo, on the 8-pixel grid; regions under 32 px or overlapping an
+    earlier (larger) face's are left out."""
+    H, W = shape
     out: list[FaceRegion] = []
-    for f in faces[:max_faces]:
-        x0, y0, x1, y1 = (float(v) / s for v in f.box)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
         side = max(x1 - x0, y1 - y0) * region_scale
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         r = FaceRegion(int(max(0, cx - side / 2)), int(max(0, cy - side / 2)),
-                       int(min(W, cx + side / 2)), int(min(H, cy + side / 2)), float(f.score))
+                       int(min(W, cx + side / 2)), int(min(H, cy + side / 2)), 1.0 if scores is None else float(scores[i]))
         r.x0, r.y0, r.x1, r.y1 = r.x0 // 8 * 8, r.y0 // 8 * 8, r.x1 // 8 * 8, r.y1 // 8 * 8
         if r.x1 - r.x0 < 32 or r.y1 - r.y0 < 32:
             continue

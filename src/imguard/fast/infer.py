@@ -26,14 +26,21 @@ __all__ = ["FastOutput", "FastProtect", "DETECT_SIZE", "REFINE_SIZE", "TILE_REFE
 
 #: faces are detected on the photo shrunk to this long side (coordinates mapped back)
 DETECT_SIZE = 640
-#: ``refine`` runs the engine at this long side (the delta is mapped back to the native size)
-REFINE_SIZE = 256
+#: ``refine`` runs the engine at this long side by default (the presets' working size; a
+#: :class:`imguard.Protector` passes its own): an image no larger is refined at its own size, a
+#: larger one shrunk to it, and a photo well over it (:data:`imguard.photo.BIG_PHOTO_FACTOR`)
+#: faces first, each face region at this size. The change has to be made at the size the
+#: editor's autoencoder sees: made at 256 px and enlarged to a 288-512 px face it hid none of 16
+#: such faces from dlib (docs/benchmarks.md, "Fast mode").
+REFINE_SIZE = 512
 #: ``refine``'s FaceLock objective: ``medium``'s and ``high``'s (the identity term from the first step
 #: through the editor's latent space and on the photo itself, no feature term, no decoy)
 REFINE_OPTIONS = {"lambda_fe": 0.0, "fr_start": 0.0, "lambda_direct": 1.0, "lambda_decoy": 0.0}
 #: ``refine`` attacks the first of the fast mode's autoencoders only (TAESD, the editor's SD 1.x
 #: latent space; the others judge), as the presets do: every step goes where the effect is
 REFINE_AUTOENCODERS = 1
+#: ``refine``'s engine loop: sign steps of 1/255 with momentum, kornia's JPEG on half the steps
+REFINE_ENGINE = {"step_size": 1.0, "schedule": "constant", "momentum": 0.9, "eot": "jpeg,identity"}
 #: the tile's period is its size at this long side, in proportion above it
 TILE_REFERENCE = 512
 #: the face perturbation fades into the tile over this share of the frame at its border
@@ -204,38 +211,57 @@ class FastProtect:
                           seconds=clock.total(), timings=clock.seconds, visibility=seen[0] if seen else None)
 
     def refine(self, x: torch.Tensor, start: FastOutput, steps: int, models: Any, seed: int = 0,
-               amp_dtype: torch.dtype | None = None, callback: Any = None) -> FastOutput:
+               amp_dtype: torch.dtype | None = None, callback: Any = None, size: int | None = REFINE_SIZE) -> FastOutput:
         """``steps`` engine steps of FaceLock (:data:`REFINE_OPTIONS`: the identity term through the
-        editor's round trip and on the photo, JPEG EOT, momentum) from the fast result, at
-        :data:`REFINE_SIZE`; ``models``: a :class:`~imguard.models.Models` with the surrogates
-        (the fast mode's; only the first :data:`REFINE_AUTOENCODERS` autoencoders are attacked)."""
+        editor's round trip and on the photo, JPEG EOT, momentum) from the fast result, at the
+        long side ``size`` (None: the native size); ``models``: a :class:`~imguard.models.Models`
+        with the surrogates (the fast mode's; only the first :data:`REFINE_AUTOENCODERS`
+        autoencoders are attacked). A photo larger than ``size`` is refined faces first
+        (:meth:`refine_regions`): each face region at ``size``, blended into the fast start with a
+        feathered edge; the rest keeps the fast start (within one 8-bit level: the whole change is
+        projected and rounded again). ``callback(i, n, loss)`` counts the steps
+        of every region (``n`` = steps x regions)."""
         from .. import engine
         from ..io import resize_image, working_shape
         from ..methods import ENGINE_OPTIONS, get_method
+        from ..photo import feather_mask
         from ..transforms import get_eot
 
         if int(steps) < 1:
             raise ValueError(f"refine must be a whole number of steps >= 1, got {steps!r}")
+        steps = int(steps)
         t0 = time.perf_counter()
         x = x.to(self.device).float()
         H, W = x.shape[-2:]
-        size = working_shape(H, W, REFINE_SIZE)
-        xw = resize_image(x, size)
-        start_delta = resize_image(start.image.to(self.device).float().div(255) - x, size)
+        delta = start.image.to(self.device).float().div(255) - x
+        regions = self.refine_regions(x, start, size)
         m = get_method("facelock")
         opts = m.options(**REFINE_OPTIONS, eps=start.budget.eps)
         prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
-        torch.manual_seed(seed)
-        ctx = m.prepare(xw, models, prep)
-        ctx.autoencoders, ctx.z_clean = ctx.autoencoders[:REFINE_AUTOENCODERS], ctx.z_clean[:REFINE_AUTOENCODERS]
-        objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, int(steps)), maximize=m.maximize)
-        cfg = engine.EngineConfig(steps=int(steps), step_size=1.0, momentum=0.9, random_start=False,
-                                  eot=get_eot("jpeg,identity"))
-        res = engine.run(xw, objective, start.budget.resized(tuple(size)).to(self.device), cfg, init=start_delta,
-                         seed=seed, amp_dtype=amp_dtype, callback=callback)
-        # the refined change at the working size replaces the fast one where it moved
-        delta = start.image.to(self.device).float().div(255) - x + F.interpolate(
-            res.delta - start_delta, size=(H, W), mode="bilinear", align_corners=False)
+        budget = start.budget.to(self.device)
+        first = None
+        for j, r in enumerate(regions):
+            y0, y1, x0, x1 = (0, H, 0, W) if r is None else (r.y0, r.y1, r.x0, r.x1)
+            xc, dc = x[..., y0:y1, x0:x1], delta[..., y0:y1, x0:x1]
+            wsize = tuple(working_shape(y1 - y0, x1 - x0, size))  # None: native, on the 8-pixel grid
+            xw, dw = resize_image(xc, wsize), resize_image(dc, wsize)
+            torch.manual_seed(seed)
+            ctx = m.prepare(xw, models, prep)
+            ctx.autoencoders, ctx.z_clean = ctx.autoencoders[:REFINE_AUTOENCODERS], ctx.z_clean[:REFINE_AUTOENCODERS]
+            objective = engine.Objective(loss=lambda xa, i, _ctx=ctx: m.objective(xa, _ctx, i, steps), maximize=m.maximize)
+            loop = dict(REFINE_ENGINE)
+            cfg = engine.EngineConfig(steps=steps, random_start=False, eot=get_eot(loop.pop("eot")), **loop)
+            cb = None if callback is None else (lambda i, n, loss, _j=j: callback(_j * steps + i, steps * len(regions), loss))
+            res = engine.run(xw, objective, budget.region(y0, y1, x0, x1).resized(wsize), cfg, init=dw,
+                             seed=seed, amp_dtype=amp_dtype, callback=cb)
+            first = res if first is None else first
+            # the refined change, at the native size, where it moved from the fast start
+            change = res.delta - dw
+            if tuple(wsize) != (y1 - y0, x1 - x0):
+                change = F.interpolate(change, size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)
+            if r is not None:
+                change = change * feather_mask(H, W, r).to(change.device)[..., y0:y1, x0:x1]
+            delta[..., y0:y1, x0:x1] += change
         out, achieved = finalize(x, delta, start.budget)
         seen: list = []
         out, achieved = within_gate(x, delta, start.budget, None, out, achieved, seen=seen)
@@ -243,4 +269,20 @@ class FastProtect:
                           visibility=seen[0],
                           seconds=start.seconds + time.perf_counter() - t0, refine_steps=int(steps),
                           timings={**start.timings, "refine": round(time.perf_counter() - t0, 4)},
-                          loss_history=res.history, initial_loss=float(res.initial_loss[0]), final_loss=float(res.final_loss[0]))
+                          loss_history=first.history, initial_loss=float(first.initial_loss[0]), final_loss=float(first.final_loss[0]))
+
+    @staticmethod
+    def refine_regions(x: torch.Tensor, start: FastOutput, size: int | None) -> list:
+        """Where ``refine`` optimises: ``[None]`` (the whole image) unless the image is a photo
+        well over ``size`` (:data:`imguard.photo.BIG_PHOTO_FACTOR`) with faces that are not most of
+        it; then the region around each face (:func:`imguard.photo.regions_around`, largest first)."""
+        from ..photo import BIG_PHOTO_FACTOR, PORTRAIT_AREA, regions_around
+
+        H, W = x.shape[-2:]
+        if size is None or max(H, W) <= size * BIG_PHOTO_FACTOR or not start.faces:
+            return [None]
+        boxes = sorted((f["box"] for f in start.faces), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
+        regions = regions_around(boxes, (H, W))
+        if not regions or (len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * H * W):
+            return [None]
+        return regions

@@ -85,12 +85,14 @@ def protect_fast(
                     bar = tqdm(total=refine, desc="imguard fast refine", unit="step", leave=False)
 
                     def cb(i, n, loss, _user=callback):
+                        if bar.total != n:  # a photo refined faces first: refine steps per face
+                            bar.total = n
                         bar.update(1)
                         if _user is not None:
                             _user(i, n, loss)
                 try:
                     res = fp.refine(x, res, refine, protector.models_for("fast"), seed=seed + b,
-                                    amp_dtype=protector.amp_dtype, callback=cb)
+                                    amp_dtype=protector.amp_dtype, callback=cb, size=protector.working_size)
                 finally:
                     if bar is not None:
                         bar.close()
