@@ -85,7 +85,8 @@ def alignment_matrices(faces: Sequence[Any], recognizer: Any) -> torch.Tensor:
 #: third of the pixels under the crop. Not in any preset yet: on `high` at 512 px (two dev
 #: portraits) it moved dlib's distance after TAESD from 0.555 / 0.596 to 0.575 / 0.621 at the same
 #: PSNR, too little on two faces to change every preset's output without the twelve-face
-#: measurement (docs/benchmarks.md, "`high` at 512 px"). A switch for that measurement.
+#: measurement (docs/benchmarks.md, "`high` at 512 px"); at 256 px the same two faces come out
+#: unchanged (every warp scales by 0.625 or more: no blur). A switch for that measurement.
 ANTIALIAS = False
 
 
