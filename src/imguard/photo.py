@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .budget import Budget, quantize
 
-__all__ = ["FaceRegion", "face_regions", "regions_around", "feather_mask", "compose", "protect_photo", "wants_faces_first"]
+__all__ = ["FaceRegion", "face_regions", "regions_around", "is_big", "is_portrait", "feather_mask", "compose", "protect_photo", "wants_faces_first"]
 
 #: face box widened this much around its centre: the region protected as a portrait crop
 REGION_SCALE = 2.2
@@ -115,11 +115,20 @@ def compose(x: torch.Tensor, rest: torch.Tensor, faces: list[tuple[FaceRegion, t
     return quantize(x, (x + budget.project(delta)).clamp(0, 1), budget)
 
 
+def is_big(shape: tuple[int, int], working_size: int | None) -> bool:
+    """A photo of ``shape`` (H, W) well over the working size: protected faces first."""
+    return working_size is not None and max(shape) > working_size * BIG_PHOTO_FACTOR
+
+
+def is_portrait(regions: list[FaceRegion], shape: tuple[int, int]) -> bool:
+    """One face region covering most of a photo of ``shape`` (H, W): protected as a whole, it is the crop."""
+    return len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * shape[0] * shape[1]
+
+
 def wants_faces_first(x: torch.Tensor, working_size: int | None, needs: tuple, faces_first: bool | str) -> bool:
     """Faces first for one photo with a face method: always when asked (True), and with
     "auto" when the photo is larger than the working size."""
-    big = working_size is not None and max(x.shape[-2:]) > working_size * BIG_PHOTO_FACTOR
-    return x.shape[0] == 1 and "face" in needs and (big or faces_first is True)
+    return x.shape[0] == 1 and "face" in needs and (is_big(tuple(x.shape[-2:]), working_size) or faces_first is True)
 
 
 def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detector: Any, call: dict, budget_choice: Any):
@@ -140,7 +149,7 @@ def protect_photo(protector: Any, x: torch.Tensor, info: Any, rest: str, detecto
         label = (call.get("names") or ["the photo"])[0]
         warnings.warn(f"imguard: no face found in {label}; protecting the whole photo", stacklevel=4)
         return None
-    if len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * x.shape[-2] * x.shape[-1]:
+    if is_portrait(regions, tuple(x.shape[-2:])):
         return None  # a portrait: the face region is most of the photo, protected as a whole it is the crop
     face_results = [(r, protector.protect(x[..., r.y0 : r.y1, r.x0 : r.x1], return_result=True, faces_first=False, **call))
                     for r in regions]

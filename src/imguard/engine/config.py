@@ -35,14 +35,6 @@ class Objective:
     maximize: bool
 
 
-def check_soft_sign_norm(soft_sign: float, norm: str) -> None:
-    """``soft_sign`` shapes a sign step: refused with an l2 budget, whose step already follows
-    the gradient's size (rather than ignored)."""
-    if float(soft_sign) > 0 and norm != "linf":
-        raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
-                         f"leave soft_sign at 0 with norm={norm!r}")
-
-
 @dataclass
 class EngineResult:
     x_adv: torch.Tensor  #: [B,3,H,W] in [0,1]
@@ -52,14 +44,6 @@ class EngineResult:
     final_loss: torch.Tensor  #: [B] loss at x_adv, all terms on
     steps_run: torch.Tensor  #: [B] steps each sample took (< steps when it stopped early)
     restart: torch.Tensor  #: [B] index of the restart that won
-
-
-def check_soft_sign_norm(soft_sign: float, norm: str) -> None:
-    """``soft_sign`` shapes a sign step: refused with an l2 budget, whose step already follows
-    the gradient's size (rather than ignored)."""
-    if float(soft_sign) > 0 and norm != "linf":
-        raise ValueError(f"soft_sign shapes a sign step (norm='linf'); an l2 step already follows the gradient's size: "
-                         f"leave soft_sign at 0 with norm={norm!r}")
 
 
 @dataclass

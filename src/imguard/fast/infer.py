@@ -239,6 +239,8 @@ class FastProtect:
         opts = m.options(**REFINE_OPTIONS, eps=start.budget.eps)
         prep = {k: v for k, v in opts.items() if k not in ENGINE_OPTIONS}
         budget = start.budget.to(self.device)
+        loop = dict(REFINE_ENGINE)
+        cfg = engine.EngineConfig(steps=steps, random_start=False, eot=get_eot(loop.pop("eot")), **loop)
         first = None
         for j, r in enumerate(regions):
             y0, y1, x0, x1 = (0, H, 0, W) if r is None else (r.y0, r.y1, r.x0, r.x1)
@@ -249,8 +251,6 @@ class FastProtect:
             ctx = m.prepare(xw, models, prep)
             ctx.autoencoders, ctx.z_clean = ctx.autoencoders[:REFINE_AUTOENCODERS], ctx.z_clean[:REFINE_AUTOENCODERS]
             objective = engine.Objective(loss=lambda xa, i, _ctx=ctx: m.objective(xa, _ctx, i, steps), maximize=m.maximize)
-            loop = dict(REFINE_ENGINE)
-            cfg = engine.EngineConfig(steps=steps, random_start=False, eot=get_eot(loop.pop("eot")), **loop)
             cb = None if callback is None else (lambda i, n, loss, _j=j: callback(_j * steps + i, steps * len(regions), loss))
             res = engine.run(xw, objective, budget.region(y0, y1, x0, x1).resized(wsize), cfg, init=dw,
                              seed=seed, amp_dtype=amp_dtype, callback=cb)
@@ -276,13 +276,11 @@ class FastProtect:
         """Where ``refine`` optimises: ``[None]`` (the whole image) unless the image is a photo
         well over ``size`` (:data:`imguard.photo.BIG_PHOTO_FACTOR`) with faces that are not most of
         it; then the region around each face (:func:`imguard.photo.regions_around`, largest first)."""
-        from ..photo import BIG_PHOTO_FACTOR, PORTRAIT_AREA, regions_around
+        from ..photo import is_big, is_portrait, regions_around
 
-        H, W = x.shape[-2:]
-        if size is None or max(H, W) <= size * BIG_PHOTO_FACTOR or not start.faces:
+        shape = tuple(x.shape[-2:])
+        if not start.faces or not is_big(shape, size):
             return [None]
         boxes = sorted((f["box"] for f in start.faces), key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
-        regions = regions_around(boxes, (H, W))
-        if not regions or (len(regions) == 1 and regions[0].size[0] * regions[0].size[1] >= PORTRAIT_AREA * H * W):
-            return [None]
-        return regions
+        regions = regions_around(boxes, shape)
+        return [None] if not regions or is_portrait(regions, shape) else regions
