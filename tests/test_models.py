@@ -1,5 +1,6 @@
 """Loaders: real classes with tiny configs read back through our code; clear load errors."""
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -132,10 +133,10 @@ def test_alignment_is_differentiable_and_crops_the_box():
     assert x.grad.abs().sum() > 0
 
 
-def test_antialiased_warp_lets_every_pixel_under_a_shrunk_crop_count(monkeypatch):
-    """With ``alignment.ANTIALIAS`` a warp that shrinks the face low-passes it first: every pixel
-    under the crop gets a gradient (plain bilinear sampling reads about a third at a shrink of
-    0.3), and a warp that does not shrink is left exactly as it was."""
+def test_antialiased_warp_lets_every_pixel_under_a_shrunk_crop_count():
+    """A warp that shrinks the face low-passes it first (the default): every pixel under the crop
+    gets a gradient (plain bilinear sampling, ``antialias=False``, reads about a third at a shrink
+    of 0.3), and a warp that does not shrink is left exactly as plain sampling gives it."""
     from imguard.models import alignment
 
     shrink = torch.tensor([[[0.3, 0.0, 0.0], [0.0, 0.3, 0.0]]])
@@ -143,15 +144,43 @@ def test_antialiased_warp_lets_every_pixel_under_a_shrunk_crop_count(monkeypatch
     assert torch.allclose(alignment.shrink_sigma(torch.cat([shrink, same])), torch.tensor([7 / 6, 0.0]))
     x = torch.rand(1, 3, 400, 400)
 
-    def covered(m):
+    def covered(m, antialias):
         xg = x.clone().requires_grad_(True)
-        warp_faces(xg, m, (112, 112)).sum().backward()
+        warp_faces(xg, m, (112, 112), antialias=antialias).sum().backward()
         return float((xg.grad[..., :370, :370].abs() > 0).float().mean())
 
-    plain, unshrunk = covered(shrink), warp_faces(x, same, (64, 64))
-    monkeypatch.setattr(alignment, "ANTIALIAS", True)
-    assert plain < 0.5 and covered(shrink) == 1.0
-    assert torch.equal(warp_faces(x, same, (64, 64)), unshrunk)
+    assert covered(shrink, False) < 0.5 and covered(shrink, True) == 1.0
+    assert torch.equal(warp_faces(x, same, (64, 64)), warp_faces(x, same, (64, 64), antialias=False))
+
+
+@pytest.mark.parametrize("where", ["inside", "at the edge"])
+def test_antialiased_warp_blurs_only_what_the_crop_reads(where):
+    """Only the part of the image under the crop is blurred; the crop equals blurring the whole
+    image and then warping, for a rotated, shrinking crop inside the image and one that runs off
+    its edge (where the border is replicated alike)."""
+    from kornia.filters import gaussian_blur2d
+    from kornia.geometry.transform import warp_affine
+
+    from imguard.models import alignment
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 300, 260, generator=g)
+    a, s = 0.4, 0.35
+    c, d = s * math.cos(a), s * math.sin(a)
+    tx, ty = (-20.0, -15.0) if where == "inside" else (40.0, 30.0)
+    m = torch.tensor([[[c, -d, tx], [d, c, ty]], [[s, 0.0, -30.0], [0.0, s, -25.0]]])
+    got = warp_faces(x, m, (64, 56))
+    sig = alignment.shrink_sigma(m)
+    want = []
+    for b in range(2):
+        k = 2 * math.ceil(3 * float(sig[b])) + 1
+        blurred = gaussian_blur2d(x[b : b + 1], (k, k), (float(sig[b]),) * 2, border_type="reflect")
+        want.append(warp_affine(blurred, m[b : b + 1], dsize=(64, 56), mode="bilinear", padding_mode="border", align_corners=True))
+    assert torch.allclose(got, torch.cat(want), atol=1e-5)
+    assert not torch.allclose(got, warp_faces(x, m, (64, 56), antialias=False), atol=1e-2)
+    # a crop that reads nothing of the image (far off it) has nothing to blur: the border, as plainly
+    off = torch.tensor([[[0.3, 0.0, 900.0], [0.0, 0.3, 900.0]]])
+    assert torch.equal(warp_faces(x[:1], off, (8, 8)), warp_faces(x[:1], off, (8, 8), antialias=False))
 
 
 @requires_assets

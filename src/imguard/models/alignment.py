@@ -79,41 +79,71 @@ def alignment_matrices(faces: Sequence[Any], recognizer: Any) -> torch.Tensor:
     return torch.from_numpy(np.stack(mats))
 
 
-#: low-pass the image before a shrinking warp (a Gaussian of sigma (1/s - 1)/2 image pixels for a
-#: shrink by s), as dlib's chip extraction does, so that every pixel under the crop counts; off
-#: (the default): plain bilinear sampling, which at a shrink of 0.3 gives a gradient to about a
-#: third of the pixels under the crop. Not in any preset yet: on `high` at 512 px (two dev
-#: portraits) it moved dlib's distance after TAESD from 0.555 / 0.596 to 0.575 / 0.621 at the same
-#: PSNR, too little on two faces to change every preset's output without the twelve-face
-#: measurement (docs/benchmarks.md, "`high` at 512 px"); at 256 px the same two faces come out
-#: unchanged (every warp scales by 0.625 or more: no blur). A switch for that measurement.
-ANTIALIAS = False
+#: a face shrunk by its warp is low-passed first unless the Gaussian's sigma (image pixels) is at
+#: most this (a shrink by 0.625 or more). At 256 px the offline recognizers' warps of 20 of the 25
+#: faces of faces/dev and faces/wild measured stay under it, so their results are plain
+#: sampling's, to the bit; at 512 px nearly every face is blurred
+MIN_SIGMA = 0.3
 
 
 def shrink_sigma(matrices: torch.Tensor) -> torch.Tensor:
     """[B]: the Gaussian sigma (image pixels) that low-passes each face before its warp shrinks
-    it (0 where the warp does not shrink)."""
+    it: (1/s - 1)/2 for a shrink by s (0 where the warp does not shrink)."""
     s = matrices[:, :, :2].float().det().abs().sqrt().clamp(min=1e-6)  # crop pixels per image pixel
     return ((1.0 / s - 1.0) / 2.0).clamp(min=0.0)
 
 
-def warp_faces(x01: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Differentiable crop/align of faces: [B,3,H,W] -> [B,3,h,w]."""
+def _source_box(m: torch.Tensor, size: tuple[int, int], pad: int, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The image rows/columns ``(y0, y1, x0, x1)`` a warp by the 2x3 ``m`` to ``size`` reads,
+    widened by ``pad`` pixels and clipped to the image of ``shape``."""
+    h, w = size
+    full = torch.cat([m.double(), m.new_tensor([[0.0, 0.0, 1.0]]).double()])
+    inv = torch.linalg.inv(full)[:2]
+    corners = torch.tensor([[0.0, 0.0, 1.0], [w - 1.0, 0.0, 1.0], [0.0, h - 1.0, 1.0], [w - 1.0, h - 1.0, 1.0]], dtype=torch.float64)
+    pts = corners @ inv.T  # [4, 2]: (x, y) in the image
+    H, W = shape
+    x0 = max(0, int(math.floor(float(pts[:, 0].min()))) - pad)
+    x1 = min(W, int(math.ceil(float(pts[:, 0].max()))) + pad + 1)
+    y0 = max(0, int(math.floor(float(pts[:, 1].min()))) - pad)
+    y1 = min(H, int(math.ceil(float(pts[:, 1].max()))) + pad + 1)
+    return y0, y1, x0, x1
+
+
+def warp_faces(x01: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int], antialias: bool = True) -> torch.Tensor:
+    """Differentiable crop/align of faces: [B,3,H,W] -> [B,3,h,w] (bilinear, kornia).
+
+    ``antialias`` (the default): a warp that shrinks the face by s is preceded by a Gaussian
+    low-pass of sigma (1/s - 1)/2 image pixels (skipped at :data:`MIN_SIGMA` or less), as
+    dlib's chip extraction and any resize with antialiasing do; plain bilinear sampling at a
+    shrink of 0.3 reads about a third of the pixels under the crop, so the gradient reaches only
+    those. Only the part of the image the crop reads is blurred (the result equals blurring the
+    whole image). Measured: on `high` at 512 px dlib's distance after TAESD rose by 0.02-0.025
+    on two dev portraits, and on the fast mode's ``refine=10`` by 0.03 on average over the eight
+    (docs/benchmarks.md, "`high` at 512 px"). ``antialias=False`` samples plainly."""
     from kornia.geometry.transform import warp_affine
 
     m = matrices.to(device=x01.device, dtype=torch.float32)
     x = x01.float()
-    if ANTIALIAS:
-        from kornia.filters import gaussian_blur2d
-
+    if antialias:
         sig = shrink_sigma(m)
-        parts = []
-        for b in range(x.shape[0]):
-            sg = float(sig[b if sig.shape[0] > 1 else 0])
-            xb = x[b : b + 1]
-            if sg > 0.3:
-                k = 2 * int(math.ceil(3 * sg)) + 1
-                xb = gaussian_blur2d(xb, (k, k), (sg, sg), border_type="reflect")
-            parts.append(xb)
-        x = torch.cat(parts)
+        if bool((sig > MIN_SIGMA).any()):
+            return torch.cat([_warp_one(x[b : b + 1], m[b if m.shape[0] > 1 else 0][None], size, float(sig[b if sig.shape[0] > 1 else 0]))
+                              for b in range(x.shape[0])])
     return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+
+
+def _warp_one(x: torch.Tensor, m: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    from kornia.filters import gaussian_blur2d
+    from kornia.geometry.transform import warp_affine
+
+    if sigma <= MIN_SIGMA:
+        return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+    k = 2 * int(math.ceil(3 * sigma)) + 1
+    # the pixels the crop reads, with the blur's reach and bilinear's neighbour around them
+    y0, y1, x0, x1 = _source_box(m[0], size, k // 2 + 2, tuple(x.shape[-2:]))
+    if min(y1 - y0, x1 - x0) <= k // 2:  # the crop reads (almost) nothing of the image: no blur to take
+        return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+    part = gaussian_blur2d(x[..., y0:y1, x0:x1], (k, k), (sigma, sigma), border_type="reflect")
+    shifted = m.clone()
+    shifted[:, :, 2] = m[:, :, 2] + m[:, :, :2] @ m.new_tensor([float(x0), float(y0)])
+    return warp_affine(part, shifted, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
