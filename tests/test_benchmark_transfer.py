@@ -1,4 +1,4 @@
-"""benchmarks/: transfer.py (configuration names, merged reports, honest labels), objective.py and before_after.py helpers (no models run)."""
+"""benchmarks/: transfer.py (configuration names, merged reports, honest labels), objective.py, before_after.py and eye_colour.py helpers (no models run)."""
 
 from __future__ import annotations
 
@@ -124,3 +124,28 @@ def test_objective_flat_to_extends_the_flat_weight_fade(objective):
     assert float(wider(textured)[..., 8:-8, 8:-8].mean()) > 0.3
     with pytest.raises(SystemExit, match="above"):
         objective.flat_weight_to(2.0)
+
+
+def test_eye_colour_sees_a_shifted_iris_and_nothing_else():
+    """benchmarks/eye_colour.py: a tint over one iris disk is a Delta E of several units there and
+    none at the other eye; a change outside the disks, or one that averages out inside them (a
+    fine +-/- checkerboard of colour), is (nearly) nothing."""
+    import numpy as np
+    import torch
+
+    eyes = load_benchmark("eye_colour")
+    g = torch.Generator().manual_seed(0)
+    x = 0.3 + 0.4 * torch.rand(1, 3, 128, 128, generator=g)
+    lm = np.array([[44.0, 50.0], [84.0, 50.0], [64, 70], [50, 90], [78, 90]], np.float32)
+    yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
+    disk = (((xx - 44) ** 2 + (yy - 50) ** 2) <= (0.12 * 40) ** 2).float()
+    tint = x.clone()
+    tint[:, 0] += 0.06 * disk  # redder inside the first iris
+    (e1, c1), (e2, c2) = eyes.eye_shift(x, tint, lm)
+    assert e1 > 3.0 and c1 > 2.5 and e2 == 0.0
+    outside = x.clone()
+    outside[..., 100:, :] += 0.05
+    assert max(e for e, _ in eyes.eye_shift(x, outside, lm)) == 0.0
+    checker = ((xx + yy) % 2 * 2 - 1)  # +1/-1: no mean over a disk
+    fine = x + 0.03 * torch.stack([checker, -checker, checker])[None]
+    assert max(e for e, _ in eyes.eye_shift(x, fine, lm)) < 1.0

@@ -446,3 +446,45 @@ def test_texture_scale_reaches_the_result(tiny_protector, image64):
     res = tiny_protector.protect(image64, steps=3, seed=0, budget="jnd", eps=8, texture_scale=2, return_result=True)
     assert res.options["texture_scale"] == 2
     assert Budget.perceptual(image64, 8, texture_scale=2).holds(res.image - image64, tol=1e-3)
+
+
+def test_the_perceptual_budget_keeps_the_colour_of_the_eyes():
+    """``eye_weight`` marks a disk around each eye landmark of each face found (none for a face
+    not found); with it as ``colour_weight`` the projection takes the local mean of the change's
+    colour out there, so a tint of the iris cannot survive, while a grey change and everything
+    outside the disks project as before; the weight follows the budget to other sizes and regions."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from imguard.budget import _local_mean, eye_weight
+
+    lm = np.array([[40.0, 40.0], [80.0, 40.0], [60, 60], [45, 80], [75, 80]], np.float32)
+    faces = [SimpleNamespace(landmarks=lm, found=True), SimpleNamespace(landmarks=lm, found=False), None]
+    w = eye_weight(faces, (128, 120))
+    assert w.shape == (3, 1, 128, 120) and w[1:].sum() == 0
+    assert w[0, 0, 40, 40] == 1 and w[0, 0, 40, 80] == 1 and w[0, 0, 40, 60] == 0 and w[0, 0, 40, 48] == 1 and w[0, 0, 40, 49] == 0
+    assert eye_weight([None, faces[1]], (128, 120)) is None
+
+    x = 0.2 + 0.6 * torch.rand(1, 3, 128, 120, generator=torch.Generator().manual_seed(1))
+    plain = Budget.perceptual(x, eps=8, scale=2.0)
+    kept = plain.keeping_colour(w[:1])
+    tint = torch.zeros_like(x)
+    tint[:, 0] = 3 / 255  # redder everywhere
+    a, b = plain.project(tint), kept.project(tint)
+    inside = w[:1].expand_as(x).bool()
+    core = (_local_mean(w[:1]) > 0.999).expand_as(x)  # the disks less the 2 px their 5x5 windows reach out of
+    def tint_of(d, where):  # the change's mean colour (less its grey part) over the pixels, per channel
+        c = d - d.mean(1, keepdim=True)
+        return torch.stack([c[:, k][where[:, k]].mean() for k in range(3)]).abs().max()
+    assert tint_of(b, inside) < 0.2 / 255 and tint_of(a, inside) > 1.5 / 255
+    assert _local_mean(b - b.mean(1, keepdim=True))[core].abs().max() < 0.05 / 255
+    far = torch.zeros_like(inside)
+    far[..., 70:, :] = True
+    assert torch.equal(a[far], b[far])
+    grey = torch.full_like(x, 2 / 255)
+    assert torch.allclose(plain.project(grey), kept.project(grey), atol=1e-7)
+    assert (b.abs() <= plain.radius_map + 1e-7).all()  # still inside the map
+    assert kept.resized((64, 60)).colour_weight.shape[-2:] == (64, 60)
+    assert kept.region(20, 60, 20, 100).colour_weight.shape[-2:] == (40, 80)
+    assert Budget(8).keeping_colour(w[:1]) == Budget(8) and Budget(8).keeping_colour(w[:1]).colour_weight is None

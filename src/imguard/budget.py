@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -57,6 +58,10 @@ class Budget:
     radius_map: torch.Tensor | None = field(default=None, compare=False, repr=False)
     #: [B or 1,1,H,W] in [0,1]: how much of the change's local mean the projection removes (1 on flat areas)
     flat_weight: torch.Tensor | None = field(default=None, compare=False, repr=False)
+    #: [B or 1,1,H,W] in [0,1]: how much of the local mean of the change's colour (the change less
+    #: its grey part) the projection removes: 1 on the irises (:func:`eye_weight`), so that the
+    #: eyes keep their colour; None: nowhere
+    colour_weight: torch.Tensor | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
@@ -127,6 +132,16 @@ class Budget:
         # 8-bit grid stays inside, and a pixel of an 8-bit image with weight 0 cannot move a level
         return replace(self, radius_map=torch.maximum(r * w.to(r.device, r.dtype), r.clamp(max=0.5 / 255)))
 
+    def keeping_colour(self, weight: torch.Tensor | None) -> "Budget":
+        """This budget with :attr:`colour_weight` ``weight`` ([B or 1,1,H,W] in [0,1]; resized
+        bilinearly to the map's size). Only the perceptual budget (a per-pixel map) takes it."""
+        if weight is None or self.radius_map is None or self.norm != "linf":
+            return self
+        w = weight.detach().float().clamp(0, 1)
+        if tuple(w.shape[-2:]) != tuple(self.radius_map.shape[-2:]):
+            w = F.interpolate(w, size=tuple(self.radius_map.shape[-2:]), mode="bilinear", align_corners=False)
+        return replace(self, colour_weight=w.to(self.radius_map.device))
+
     def resized(self, size: tuple[int, int]) -> "Budget":
         """This budget for images of ``size`` (H, W): the radius map is pooled by its minimum
         when shrunk (no pixel gets more than the native map allowed around it), resized
@@ -134,7 +149,8 @@ class Budget:
         if self.radius_map is None or tuple(self.radius_map.shape[-2:]) == tuple(size):
             return self
         return replace(self, radius_map=_resize_map(self.radius_map, size, shrink="min"),
-                       flat_weight=_resize_map(self.flat_weight, size, shrink="mean"))
+                       flat_weight=_resize_map(self.flat_weight, size, shrink="mean"),
+                       colour_weight=_resize_map(self.colour_weight, size, shrink="max"))
 
     def rows(self, r0: int, r1: int) -> "Budget":
         """This budget for rows ``r0:r1`` of its image (for work done in bands)."""
@@ -145,21 +161,24 @@ class Budget:
         if self.radius_map is None:
             return self
         return replace(self, radius_map=self.radius_map[..., y0:y1, x0:x1],
-                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., y0:y1, x0:x1])
+                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., y0:y1, x0:x1],
+                       colour_weight=None if self.colour_weight is None else self.colour_weight[..., y0:y1, x0:x1])
 
     def sample(self, i: int) -> "Budget":
         """This budget for image ``i`` of its batch alone."""
         if self.radius_map is None or self.radius_map.shape[0] == 1:
             return self
-        fw = self.flat_weight
+        fw, cw = self.flat_weight, self.colour_weight
         return replace(self, radius_map=self.radius_map[i : i + 1],
-                       flat_weight=None if fw is None else fw[i : i + 1] if fw.shape[0] > 1 else fw)
+                       flat_weight=None if fw is None else fw[i : i + 1] if fw.shape[0] > 1 else fw,
+                       colour_weight=None if cw is None else cw[i : i + 1] if cw.shape[0] > 1 else cw)
 
     def to(self, device: torch.device | str) -> "Budget":
         if self.radius_map is None:
             return self
         return replace(self, radius_map=self.radius_map.to(device),
-                       flat_weight=None if self.flat_weight is None else self.flat_weight.to(device))
+                       flat_weight=None if self.flat_weight is None else self.flat_weight.to(device),
+                       colour_weight=None if self.colour_weight is None else self.colour_weight.to(device))
 
     def _radius_like(self, delta: torch.Tensor):
         """The per-pixel radius for ``delta`` (a float for a plain budget)."""
@@ -211,6 +230,12 @@ class Budget:
                 if tuple(w.shape[-2:]) != tuple(delta.shape[-2:]):
                     w = _resize_map(w, tuple(delta.shape[-2:]), shrink="mean")
                 delta = delta - w.to(delta.device, delta.dtype) * _local_mean(delta)
+            if self.colour_weight is not None and delta.shape[1] == 3 and min(delta.shape[-2:]) >= 5:
+                c = self.colour_weight
+                if tuple(c.shape[-2:]) != tuple(delta.shape[-2:]):
+                    c = _resize_map(c, tuple(delta.shape[-2:]), shrink="max")
+                colour = delta - delta.mean(dim=1, keepdim=True)
+                delta = delta - c.to(delta.device, delta.dtype) * _local_mean(colour)
             return torch.maximum(torch.minimum(delta, r), -r)
         r = self._l2_radius(delta)
         norm = _per_sample_norm(delta)
@@ -455,6 +480,34 @@ def _local_mean(d: torch.Tensor) -> torch.Tensor:
     return box_mean(d, 5)
 
 
+#: the disk around each eye landmark whose colour the perceptual budget keeps, as a share of the
+#: distance between the eyes: the iris, the pupil and a little of the eye white
+EYE_RADIUS = 0.2
+
+
+def eye_weight(faces, shape: tuple[int, int], radius: float = EYE_RADIUS) -> torch.Tensor | None:
+    """[B,1,H,W] in {0,1}: 1 within ``radius`` times the eye distance of each eye landmark of
+    each face found (``faces``: one Face or None per image, landmarks in pixels of ``shape``); None
+    when no face was found. The perceptual budget's projection keeps the change's colour locally
+    zero-mean there (:attr:`Budget.colour_weight`): a change of the irises' colour is what the
+    gate does not see (docs/evaluation.md, "The colour of the eyes")."""
+    H, W = (int(v) for v in shape)
+    found = [f is not None and getattr(f, "found", True) and getattr(f, "landmarks", None) is not None for f in faces]
+    if not any(found):
+        return None
+    yy = torch.arange(H, dtype=torch.float32)[:, None]
+    xx = torch.arange(W, dtype=torch.float32)[None, :]
+    out = torch.zeros(len(faces), 1, H, W)
+    for b, (f, ok) in enumerate(zip(faces, found)):
+        if not ok:
+            continue
+        lm = np.asarray(f.landmarks, np.float32)
+        r = float(radius) * float(np.linalg.norm(lm[1] - lm[0]))
+        for ex, ey in lm[:2]:
+            out[b, 0] = torch.maximum(out[b, 0], (((xx - float(ex)) ** 2 + (yy - float(ey)) ** 2) <= r * r).float())
+    return out
+
+
 #: where the change may go (``extent=``): anywhere, or only in and around each face
 EXTENTS = ("image", "face")
 #: extent="face": the weight falls from 1 to 0 over this share of the widened box's short side
@@ -496,6 +549,8 @@ def _resize_map(m: torch.Tensor | None, size: tuple[int, int], shrink: str) -> t
     if size[0] <= H and size[1] <= W:
         if shrink == "min":
             return -F.adaptive_max_pool2d(-m, size)
+        if shrink == "max":
+            return F.adaptive_max_pool2d(m, size)
         return F.adaptive_avg_pool2d(m, size)
     return F.interpolate(m, size=size, mode="bilinear", align_corners=False)
 

@@ -93,6 +93,7 @@ def optimise(req: ProtectionRequest, models: Models, work: Work, seed: int, *, a
     torch.manual_seed(seed)
     ctx = m.prepare(work.x, models, {**req.options, "names": list(names) if names else None, "cache": cache})
     confine(req, ctx, work)
+    keep_eye_colour(ctx, work)
     objective = engine.Objective(loss=lambda xa, i: m.objective(xa, ctx, i, cfg.steps), maximize=m.maximize)
     stop = early_stop if early_stop is not None else margin_stop(m, ctx, req.merged(), cfg.steps)
     sim0 = similarity_to_original(ctx, work.x, amp_dtype) if (progress or similarity) else None
@@ -116,6 +117,24 @@ def confine(req: ProtectionRequest, ctx, work: Work) -> None:
     work.budget = work.budget.weighted(w.to(work.x.device))
     native = resize_image(w, work.native_size) if tuple(work.native_size) != tuple(work.size) else w
     work.native_budget = work.native_budget.weighted(native)
+
+
+def keep_eye_colour(ctx, work: Work) -> None:
+    """The perceptual budget keeps the colour of the eyes of the faces the method found
+    (:func:`~imguard.budget.eye_weight`; :attr:`~imguard.budget.Budget.colour_weight`), in
+    ``work``'s budgets, working and native. A plain ``linf`` budget (``budget="linf"``) is left
+    as it is."""
+    from .budget import eye_weight
+
+    faces = getattr(ctx, "faces", None)
+    if not faces or work.budget.radius_map is None:
+        return
+    w = eye_weight(faces, work.size)
+    if w is None:
+        return
+    work.budget = work.budget.keeping_colour(w.to(work.x.device))
+    native = resize_image(w, work.native_size) if tuple(work.native_size) != tuple(work.size) else w
+    work.native_budget = work.native_budget.keeping_colour((native > 0.5).float())
 
 
 def margin_stop(m, ctx, opts: dict, steps: int):
