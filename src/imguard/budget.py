@@ -160,25 +160,22 @@ class Budget:
         """This budget for the part ``[y0:y1, x0:x1]`` of its image (a face region)."""
         if self.radius_map is None:
             return self
-        return replace(self, radius_map=self.radius_map[..., y0:y1, x0:x1],
-                       flat_weight=None if self.flat_weight is None else self.flat_weight[..., y0:y1, x0:x1],
-                       colour_weight=None if self.colour_weight is None else self.colour_weight[..., y0:y1, x0:x1])
+        return replace(self, radius_map=self.radius_map[..., y0:y1, x0:x1], **self._weights(lambda m: m[..., y0:y1, x0:x1]))
 
     def sample(self, i: int) -> "Budget":
         """This budget for image ``i`` of its batch alone."""
         if self.radius_map is None or self.radius_map.shape[0] == 1:
             return self
-        fw, cw = self.flat_weight, self.colour_weight
-        return replace(self, radius_map=self.radius_map[i : i + 1],
-                       flat_weight=None if fw is None else fw[i : i + 1] if fw.shape[0] > 1 else fw,
-                       colour_weight=None if cw is None else cw[i : i + 1] if cw.shape[0] > 1 else cw)
+        return replace(self, radius_map=self.radius_map[i : i + 1], **self._weights(lambda m: m[i : i + 1] if m.shape[0] > 1 else m))
 
     def to(self, device: torch.device | str) -> "Budget":
         if self.radius_map is None:
             return self
-        return replace(self, radius_map=self.radius_map.to(device),
-                       flat_weight=None if self.flat_weight is None else self.flat_weight.to(device),
-                       colour_weight=None if self.colour_weight is None else self.colour_weight.to(device))
+        return replace(self, radius_map=self.radius_map.to(device), **self._weights(lambda m: m.to(device)))
+
+    def _weights(self, fn) -> dict:
+        """The weight maps (``flat_weight``, ``colour_weight``), each through ``fn``; None stays None."""
+        return {k: None if getattr(self, k) is None else fn(getattr(self, k)) for k in ("flat_weight", "colour_weight")}
 
     def _radius_like(self, delta: torch.Tensor):
         """The per-pixel radius for ``delta`` (a float for a plain budget)."""

@@ -120,8 +120,6 @@ def warp_faces(x01: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int],
     whole image). Measured: on `high` at 512 px dlib's distance after TAESD rose by 0.02-0.025
     on two dev portraits, and on the fast mode's ``refine=10`` by 0.03 on average over the eight
     (docs/benchmarks.md, "`high` at 512 px"). ``antialias=False`` samples plainly."""
-    from kornia.geometry.transform import warp_affine
-
     m = matrices.to(device=x01.device, dtype=torch.float32)
     x = x01.float()
     if antialias:
@@ -129,21 +127,26 @@ def warp_faces(x01: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int],
         if bool((sig > MIN_SIGMA).any()):
             return torch.cat([_warp_one(x[b : b + 1], m[b if m.shape[0] > 1 else 0][None], size, float(sig[b if sig.shape[0] > 1 else 0]))
                               for b in range(x.shape[0])])
+    return _plain_warp(x, m, size)
+
+
+def _plain_warp(x: torch.Tensor, m: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    from kornia.geometry.transform import warp_affine
+
     return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def _warp_one(x: torch.Tensor, m: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
     from kornia.filters import gaussian_blur2d
-    from kornia.geometry.transform import warp_affine
 
     if sigma <= MIN_SIGMA:
-        return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+        return _plain_warp(x, m, size)
     k = 2 * int(math.ceil(3 * sigma)) + 1
     # the pixels the crop reads, with the blur's reach and bilinear's neighbour around them
     y0, y1, x0, x1 = _source_box(m[0], size, k // 2 + 2, tuple(x.shape[-2:]))
     if min(y1 - y0, x1 - x0) <= k // 2:  # the crop reads (almost) nothing of the image: no blur to take
-        return warp_affine(x, m, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+        return _plain_warp(x, m, size)
     part = gaussian_blur2d(x[..., y0:y1, x0:x1], (k, k), (sigma, sigma), border_type="reflect")
     shifted = m.clone()
     shifted[:, :, 2] = m[:, :, 2] + m[:, :, :2] @ m.new_tensor([float(x0), float(y0)])
-    return warp_affine(part, shifted, dsize=tuple(size), mode="bilinear", padding_mode="border", align_corners=True)
+    return _plain_warp(part, shifted, size)
