@@ -135,6 +135,19 @@ def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
     assert {"detect", "assign", "warp", "map", "finalize", "gate"} <= set(steps) and all(v >= 0 for v in steps.values())
     again = fast_protector.protect(img)
     assert np.array_equal(np.asarray(again), np.asarray(res.image))  # no randomness without refine
+    # the eyes keep their colour, as under every preset's perceptual budget: the colour part of
+    # the change averages out over each eye's disk (8-bit rounding aside) and not elsewhere
+    from imguard.budget import _local_mean, eye_weight
+    from imguard.fast.protect import fast_for
+
+    faces = fast_for(fast_protector).detect(x)
+    eyes = eye_weight(faces, tuple(x.shape[-2:])).amax(0, keepdim=True).bool()
+    colour = d - d.mean(1, keepdim=True)
+    def tint(where):  # the largest of the channels' mean colour over the pixels, /255
+        return 255 * float(torch.stack([colour[:, k][where[:, 0]].mean() for k in range(3)]).abs().max())
+    ring = (_local_mean(eyes.float()) > 0).logical_and(~eyes)  # nothing of the eyes; their neighbours
+    assert tint(eyes) < 0.1, tint(eyes)
+    assert tint(eyes) < tint(torch.nn.functional.max_pool2d(ring.float(), 9, 1, 4).bool() & ~eyes) / 3
 
 
 @requires_assets

@@ -461,7 +461,7 @@ def test_the_perceptual_budget_keeps_the_colour_of_the_eyes():
 
     lm = np.array([[40.0, 40.0], [80.0, 40.0], [60, 60], [45, 80], [75, 80]], np.float32)
     faces = [SimpleNamespace(landmarks=lm, found=True), SimpleNamespace(landmarks=lm, found=False), None]
-    w = eye_weight(faces, (128, 120))
+    w = eye_weight(faces, (128, 120), radius=0.2)
     assert w.shape == (3, 1, 128, 120) and w[1:].sum() == 0
     assert w[0, 0, 40, 40] == 1 and w[0, 0, 40, 80] == 1 and w[0, 0, 40, 60] == 0 and w[0, 0, 40, 48] == 1 and w[0, 0, 40, 49] == 0
     assert eye_weight([None, faces[1]], (128, 120)) is None
@@ -488,3 +488,32 @@ def test_the_perceptual_budget_keeps_the_colour_of_the_eyes():
     assert kept.resized((64, 60)).colour_weight.shape[-2:] == (64, 60)
     assert kept.region(20, 60, 20, 100).colour_weight.shape[-2:] == (40, 80)
     assert Budget(8).keeping_colour(w[:1]) == Budget(8) and Budget(8).keeping_colour(w[:1]).colour_weight is None
+
+
+def test_keeping_the_eyes_colour_is_computed_around_the_eyes_only_and_equals_the_whole_image_sum():
+    """The projection takes the colour's local mean out only in the box around the eyes (a big
+    photo pays for its eyes): the same values as computing it over the whole image, for eyes
+    inside the image, on its edge and off it; and eye_weight draws each disk in its own box, the
+    same disk as one drawn over the whole image."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from imguard.budget import EYE_RADIUS, _local_mean, _without_colour, eye_weight
+
+    H, W = 96, 110
+    lms = [np.array([[30.0, 30.0], [60.0, 31.0], [45, 45], [35, 60], [55, 60]], np.float32),
+           np.array([[-3.0, 2.0], [20.0, 1.0], [10, 15], [5, 25], [15, 25]], np.float32),  # an eye off the image
+           np.array([[100.0, 90.0], [130.0, 92.0], [115, 100], [105, 120], [125, 120]], np.float32)]  # at the corner
+    for lm in lms:
+        w = eye_weight([SimpleNamespace(landmarks=lm, found=True)], (H, W))
+        r = EYE_RADIUS * float(np.linalg.norm(lm[1] - lm[0]))
+        yy, xx = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+        whole = torch.zeros(H, W)
+        for ex, ey in lm[:2]:
+            whole = torch.maximum(whole, (((xx - float(ex)) ** 2 + (yy - float(ey)) ** 2) <= r * r).float())
+        assert torch.equal(w[0, 0], whole)
+        d = torch.randn(2, 3, H, W, generator=torch.Generator().manual_seed(3)) / 255
+        expect = d - w * _local_mean(d - d.mean(1, keepdim=True))
+        assert torch.allclose(_without_colour(d, w), expect, atol=1e-9)
+    assert torch.equal(_without_colour(d, torch.zeros(1, 1, H, W)), d)

@@ -84,6 +84,19 @@ class _Clock:
         return time.perf_counter() - self.t0
 
 
+def keep_eye_colour(budget: Budget, faces: list[Face], shape: tuple[int, int]) -> Budget:
+    """``budget`` keeping the colour of the eyes of every face found in the one image
+    (:func:`~imguard.budget.eye_weight`, the disks of all faces in one map), as the presets'
+    perceptual budget does (:func:`imguard.pipeline.keep_eye_colour`); a plain ``linf`` budget
+    or an image without faces: ``budget`` as it is."""
+    from ..budget import eye_weight
+
+    if budget.radius_map is None or not faces:
+        return budget
+    w = eye_weight(faces, tuple(int(v) for v in shape))
+    return budget if w is None else budget.keeping_colour(w.amax(0, keepdim=True).to(budget.radius_map.device))
+
+
 def _feather(size: int, device: torch.device) -> torch.Tensor:
     """[1,S,S]: 1 inside the frame, falling to 0 at its border."""
     ramp = torch.linspace(0, 1, size, device=device)
@@ -199,6 +212,7 @@ class FastProtect:
         u = clock("warp", self.units, x, mats, ks)
         budget = budget or clock("map", lambda: perceptual_budget(x, eps, self.weights.jnd_scale, psnr_floor=psnr_floor,
                                                                   texture_scale=texture_scale))
+        budget = clock("map", keep_eye_colour, budget, faces, x.shape[-2:])
         delta = u.mul_(budget.radius_map.to(u.device))  # u is fresh from units(): scaled in place
         out, achieved = clock("finalize", finalize, x, delta, budget)
         seen: list = []
