@@ -465,6 +465,7 @@ def test_the_perceptual_budget_keeps_the_colour_of_the_eyes():
     assert w.shape == (3, 1, 128, 120) and w[1:].sum() == 0
     assert w[0, 0, 40, 40] == 1 and w[0, 0, 40, 80] == 1 and w[0, 0, 40, 60] == 0 and w[0, 0, 40, 48] == 1 and w[0, 0, 40, 49] == 0
     assert eye_weight([None, faces[1]], (128, 120)) is None
+    assert torch.equal(eye_weight(faces, (128, 120), radius=0.2, merged=True), w.amax(0, keepdim=True))  # one image's faces
 
     x = 0.2 + 0.6 * torch.rand(1, 3, 128, 120, generator=torch.Generator().manual_seed(1))
     plain = Budget.perceptual(x, eps=8, scale=2.0)

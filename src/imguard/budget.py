@@ -500,20 +500,22 @@ def _without_colour(delta: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 EYE_RADIUS = 0.12
 
 
-def eye_weight(faces, shape: tuple[int, int], radius: float = EYE_RADIUS) -> torch.Tensor | None:
+def eye_weight(faces, shape: tuple[int, int], radius: float = EYE_RADIUS, merged: bool = False) -> torch.Tensor | None:
     """[B,1,H,W] in {0,1}: 1 within ``radius`` times the eye distance of each eye landmark of
     each face found (``faces``: one Face or None per image, landmarks in pixels of ``shape``); None
     when no face was found. The perceptual budget's projection keeps the change's colour locally
     zero-mean there (:attr:`Budget.colour_weight`): a change of the irises' colour is what the
-    gate does not see (docs/evaluation.md, "The colour of the eyes")."""
+    gate does not see (docs/evaluation.md, "The colour of the eyes"). ``merged``: ``faces`` are
+    the faces of one image, all drawn in one map [1,1,H,W]."""
     H, W = (int(v) for v in shape)
     found = [f is not None and getattr(f, "found", True) and getattr(f, "landmarks", None) is not None for f in faces]
     if not any(found):
         return None
-    out = torch.zeros(len(faces), 1, H, W)
-    for b, (f, ok) in enumerate(zip(faces, found)):
+    out = torch.zeros(1 if merged else len(faces), 1, H, W)
+    for i, (f, ok) in enumerate(zip(faces, found)):
         if not ok:
             continue
+        b = 0 if merged else i
         lm = np.asarray(f.landmarks, np.float32)
         r = float(radius) * float(np.linalg.norm(lm[1] - lm[0]))
         for ex, ey in lm[:2]:

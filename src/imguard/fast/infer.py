@@ -93,8 +93,8 @@ def keep_eye_colour(budget: Budget, faces: list[Face], shape: tuple[int, int]) -
 
     if budget.radius_map is None or not faces:
         return budget
-    w = eye_weight(faces, tuple(int(v) for v in shape))
-    return budget if w is None else budget.keeping_colour(w.amax(0, keepdim=True).to(budget.radius_map.device))
+    w = eye_weight(faces, tuple(int(v) for v in shape), merged=True)
+    return budget if w is None else budget.keeping_colour(w.to(budget.radius_map.device))
 
 
 def _feather(size: int, device: torch.device) -> torch.Tensor:
