@@ -141,7 +141,7 @@ def test_fast_on_a_real_face_keeps_budget_and_gate(dev_face, fast_protector):
     from imguard.fast.protect import fast_for
 
     faces = fast_for(fast_protector).detect(x)
-    eyes = eye_weight(faces, tuple(x.shape[-2:])).amax(0, keepdim=True).bool()
+    eyes = eye_weight(faces, tuple(x.shape[-2:]), merged=True).bool()
     colour = d - d.mean(1, keepdim=True)
     def tint(where):  # the largest of the channels' mean colour over the pixels, /255
         return 255 * float(torch.stack([colour[:, k][where[:, 0]].mean() for k in range(3)]).abs().max())
